@@ -1,0 +1,131 @@
+"""The sampling grid, on top of `schedule`.
+
+`schedule` 1.2 computes a job's next run from the moment the previous run
+*ended* (``every(n).seconds``), so a 1 s poll that takes 80 ms drifts by 80 ms a
+poll (schedule issue #355). `GridJob` replaces that one decision: the next run
+is the next wall-clock multiple of the interval, strictly after now. So:
+
+* samples land on ``k * interval_s`` (UTC epoch), with no cumulative drift;
+* a run that overruns one or more boundaries skips them and counts each one as
+  a missed sample: there is never a burst of catch-up reads;
+* after the clock steps (no RTC; time sync arriving late), the next run is the
+  next boundary of the *new* time: no flood of polls after a jump back, no
+  silence after a jump forward. A step is told apart from an overrun by
+  comparing the wall clock with the monotonic clock.
+
+`Clock` is the only thing tests fake.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import schedule
+
+log = logging.getLogger(__name__)
+
+#: A wall-clock step larger than this (seconds, vs. the monotonic clock) is a clock jump.
+JUMP_THRESHOLD_S = 2.0
+
+
+@dataclass
+class Clock:
+    """Wall and monotonic time, in seconds. Replace both in tests to move time."""
+
+    wall: Callable[[], float] = time.time
+    monotonic: Callable[[], float] = time.monotonic
+
+
+def next_boundary(now: float, interval: float, offset: float = 0.0) -> float:
+    """The first instant ``offset + k * interval`` strictly after `now`."""
+    k = math.floor((now - offset) / interval) + 1
+    return offset + k * interval
+
+
+@dataclass
+class GridStats:
+    runs: int = 0
+    missed: int = 0
+    clock_jumps: int = 0
+
+
+class GridJob(schedule.Job):
+    """A schedule Job whose runs sit on an exact wall-clock grid."""
+
+    def __init__(self, interval_s: float, scheduler: schedule.Scheduler, clock: Clock):
+        super().__init__(1, scheduler)
+        self.unit = "seconds"
+        self.interval_s = interval_s
+        self.clock = clock
+        self.stats = GridStats()
+        self.due_at: float | None = None  # the grid instant this run was meant for
+        self._mono_at_schedule: float | None = None
+        self._wall_at_schedule: float | None = None
+
+    @property
+    def should_run(self) -> bool:  # type: ignore[override]
+        return self.due_at is not None and self.clock.wall() >= self.due_at
+
+    def _schedule_next_run(self) -> None:
+        now = self.clock.wall()
+        mono = self.clock.monotonic()
+        nxt = next_boundary(now, self.interval_s)
+        if self.due_at is not None and self._wall_at_schedule is not None:
+            self.stats.runs += 1
+            step = (now - self._wall_at_schedule) - (mono - self._mono_at_schedule)
+            if abs(step) > JUMP_THRESHOLD_S:
+                self.stats.clock_jumps += 1
+                log.warning("clock stepped by %+.1f s; sampling resumes on the new grid", step)
+            else:
+                # boundaries between the one we ran for and the next one were skipped
+                skipped = round((nxt - self.due_at) / self.interval_s) - 1
+                if skipped > 0:
+                    self.stats.missed += skipped
+        self.due_at = nxt
+        self._wall_at_schedule, self._mono_at_schedule = now, mono
+        self.next_run = dt.datetime.fromtimestamp(nxt)
+        self.period = dt.timedelta(seconds=self.interval_s)
+
+
+@dataclass
+class Cadence:
+    """A schedule.Scheduler with grid jobs, run until `stop` is set."""
+
+    clock: Clock = field(default_factory=Clock)
+    scheduler: schedule.Scheduler = field(default_factory=schedule.Scheduler)
+
+    def every(self, interval_s: float, func: Callable[[], object]) -> GridJob:
+        job = GridJob(interval_s, self.scheduler, self.clock)
+        job.do(func)
+        return job
+
+    def idle_s(self) -> float:
+        due = [j.due_at for j in self.scheduler.jobs if isinstance(j, GridJob) and j.due_at]
+        if not due:
+            return 1.0
+        return max(0.0, min(due) - self.clock.wall())
+
+    def run_pending(self) -> None:
+        self.scheduler.run_pending()
+
+    def run(
+        self,
+        stop: threading.Event,
+        max_sleep_s: float = 1.0,
+        on_idle: Callable[[], object] | None = None,
+    ) -> None:
+        """Run due jobs, sleeping until the next one; returns soon after `stop` is set.
+        `on_idle` is called at every turn of the loop (the watchdog ping)."""
+        while not stop.is_set():
+            self.run_pending()
+            if on_idle:
+                on_idle()
+            if stop.is_set():
+                break
+            stop.wait(min(self.idle_s(), max_sleep_s))

@@ -1,0 +1,247 @@
+"""The `edgelog` command: thin commands over the library.
+
+Each command parses its options, builds the library objects, calls one method
+and prints. Library errors (EdgelogError) become one line on stderr and the
+error's exit status, here and only here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any
+
+from . import __version__
+from . import config as config_mod
+from .buffer import Buffer
+from .errors import EdgelogError, MeterError
+from .sync import MariaDBSink, SyncWorker, create_table_sql
+
+log = logging.getLogger("edgelog")
+
+
+def _load(args: argparse.Namespace) -> config_mod.Config:
+    return config_mod.load(config_mod.resolve_path(args.config))
+
+
+# -- commands ------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Poll every meter, buffer every reading, forward to MariaDB, until SIGTERM/SIGINT."""
+    from .service import Service
+
+    return Service(_load(args)).run()
+
+
+def cmd_poll(args: argparse.Namespace) -> int:
+    """Read each meter once and print its values (nothing is stored)."""
+    from .meter import close_meters, open_meters
+
+    cfg = _load(args)
+    meters = open_meters(cfg.meters)
+    results: dict[str, Any] = {}
+    failed = 0
+    try:
+        for meter in meters:
+            units = {r.name: r.unit for r in meter.config.registers}
+            try:
+                reading = meter.read()
+            except MeterError as exc:
+                failed += 1
+                results[meter.name] = {"error": str(exc)}
+                continue
+            results[meter.name] = {
+                "measured_at": _iso(reading.measured_at),
+                "requests": len(meter.plan),
+                "values": {k: {"value": v, "unit": units[k]} for k, v in reading.values.items()},
+            }
+    finally:
+        close_meters(meters)
+    if args.json:
+        print(json.dumps(results, indent=2, allow_nan=False))
+    else:
+        for name, result in results.items():
+            if "error" in result:
+                print(f"{name}: FAILED: {result['error']}")
+                continue
+            print(f"{name}  ({result['measured_at']}, {result['requests']} request(s))")
+            for key, item in result["values"].items():
+                value = "NULL (NaN/inf)" if item["value"] is None else f"{item['value']:.3f}"
+                print(f"  {key:<24} {value:>14} {item['unit']}")
+    return 1 if failed else 0
+
+
+def cmd_sync_status(args: argparse.Namespace) -> int:
+    """Show what is waiting to be sent, and whether MariaDB answers now."""
+    cfg = _load(args)
+    buffer = Buffer(cfg.buffer.path, create=False)
+    try:
+        status = asdict(buffer.status())
+    finally:
+        buffer.close()
+    sink = MariaDBSink(cfg.mariadb, cfg.site)
+    try:
+        sink.ping()
+        status["mariadb_reachable"], status["mariadb_error"] = True, None
+    except EdgelogError as exc:
+        status["mariadb_reachable"], status["mariadb_error"] = False, str(exc)
+    finally:
+        sink.close()
+    for key in ("oldest_unsent_at", "last_reading_at", "last_sync_at", "last_error_at"):
+        status[key] = _iso(status[key])
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    width = max(map(len, status))
+    for key, value in status.items():
+        print(f"{key:<{width}}  {'-' if value is None else value}")
+    return 0
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    """Forward everything buffered now to MariaDB, then exit (0 when nothing is left)."""
+    if not args.drain:
+        raise EdgelogError("sync: say --drain (forward everything buffered now, then exit)")
+    cfg = _load(args)
+    buffer = Buffer(cfg.buffer.path, create=False)
+    sink = MariaDBSink(cfg.mariadb, cfg.site)
+    worker = SyncWorker(buffer, sink, cfg.columns(), cfg.mariadb.batch_size, cfg.sync)
+    try:
+        started = time.monotonic()
+        sent = worker.drain()
+        left = buffer.status().unsent
+    except EdgelogError as exc:
+        buffer.record_sync_error(str(exc))
+        raise
+    finally:
+        sink.close()
+        buffer.close()
+    elapsed = time.monotonic() - started
+    print(f"sent {sent} rows in {elapsed:.1f} s; {left} unsent")
+    return 0 if left == 0 else 1
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    """Serve a simulated PAC3100 over Modbus TCP (or RTU with --device)."""
+    from .simulate import Pac3100Simulator
+
+    sim = Pac3100Simulator(unit_id=args.unit)
+    where = args.device or f"{args.host}:{args.port}"
+
+    def started(_server: object) -> None:
+        print(f"PAC3100 simulator: unit {args.unit} on {where} (Ctrl+C stops)", flush=True)
+
+    coro = (
+        sim.serve_rtu(args.device, args.baudrate, started=started)
+        if args.device
+        else sim.serve_tcp(args.host, args.port, started=started)
+    )
+    try:
+        asyncio.run(coro)
+    except KeyboardInterrupt:
+        pass
+    except OSError as exc:
+        raise EdgelogError(f"simulate: cannot serve on {where}: {exc.strerror or exc}") from None
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    """Print the MariaDB DDL (CREATE DATABASE and CREATE TABLE) for this config."""
+    cfg = _load(args)
+    print(schema_sql(cfg))
+    return 0
+
+
+def schema_sql(cfg: config_mod.Config) -> str:
+    db = cfg.mariadb.database
+    return (
+        f"-- edgelog {__version__}: readings table for site {cfg.site!r}\n"
+        f"CREATE DATABASE IF NOT EXISTS `{db}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci;\n"
+        f"USE `{db}`;\n"
+        f"{create_table_sql(cfg.mariadb.table, cfg.columns())};"
+    )
+
+
+# -- plumbing ------------------------------------------------------------------------
+
+
+def _iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1000):03d}Z"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edgelog",
+        description="Store-and-forward Modbus logger: meter -> SQLite WAL buffer -> MariaDB.",
+    )
+    parser.add_argument("--version", action="version", version=f"edgelog {__version__}")
+    parser.add_argument(
+        "--config",
+        "-c",
+        metavar="FILE",
+        help=f"config file (default: ${config_mod.ENV_VAR}, else {config_mod.DEFAULT_PATH})",
+    )
+    parser.add_argument("--verbose", "-v", action="count", default=0, help="more log output")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(name: str, func: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
+        doc = (func.__doc__ or "").strip()
+        p = sub.add_parser(name, help=doc, description=doc)
+        p.set_defaults(func=func)
+        return p
+
+    add("run", cmd_run)
+    p = add("poll", cmd_poll)
+    p.add_argument("--once", action="store_true", required=True, help="read each meter once")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = add("sync-status", cmd_sync_status)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = add("sync", cmd_sync)
+    p.add_argument("--drain", action="store_true", help="send everything now, then exit")
+    p = add("simulate", cmd_simulate)
+    p.add_argument("--host", default="127.0.0.1", help="TCP address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=5020, help="TCP port (default 5020)")
+    p.add_argument("--unit", type=int, default=126, help="Modbus unit id (default 126, as shipped)")
+    p.add_argument("--device", help="serve Modbus RTU on this serial device instead of TCP")
+    p.add_argument("--baudrate", type=int, default=None, help="RTU baud rate (default 19200)")
+    add("schema", cmd_schema)
+    return parser
+
+
+def _setup_logging(verbose: int) -> None:
+    level = logging.DEBUG if verbose > 1 else logging.INFO
+    under_systemd = "JOURNAL_STREAM" in os.environ  # journald adds its own timestamps
+    fmt = (
+        "%(levelname)s %(name)s: %(message)s"
+        if under_systemd
+        else ("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    )
+    logging.basicConfig(level=level, format=fmt, stream=sys.stderr)
+    if verbose < 2:  # pymodbus logs every retry at ERROR; our own lines say it once
+        logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        return args.func(args)
+    except EdgelogError as exc:
+        print(f"edgelog: error: {exc}", file=sys.stderr)
+        return exc.exit_status
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

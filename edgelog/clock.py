@@ -1,0 +1,39 @@
+"""Is the wall clock trustworthy? The Pi has no real-time clock.
+
+After a power cut it boots with the time fake-hwclock saved (hours or days in
+the past) until NTP/chrony synchronises it. The kernel knows which: adjtimex(2)
+returns TIME_ERROR while the clock is not synchronised. Readings taken then are
+stored with ``clock_ok = 0``; their identity never depends on the clock anyway.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import time
+
+#: No plausible reading can be older than this (2026-01-01T00:00:00Z).
+EARLIEST_PLAUSIBLE = 1767225600.0
+_TIME_ERROR = 5
+_libc = None
+
+
+def kernel_synchronised() -> bool | None:
+    """True/False from adjtimex(2); None where it cannot be asked."""
+    global _libc
+    try:
+        if _libc is None:
+            _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        timex = ctypes.create_string_buffer(512)  # struct timex, modes = 0: read only
+        state = _libc.adjtimex(timex)
+    except (OSError, AttributeError):
+        return None
+    if state < 0:
+        return None
+    return state != _TIME_ERROR
+
+
+def clock_ok(now: float | None = None) -> bool:
+    """False when the time is implausible or the kernel says it is not synchronised."""
+    now = time.time() if now is None else now
+    return now >= EARLIEST_PLAUSIBLE and kernel_synchronised() is not False

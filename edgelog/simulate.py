@@ -1,0 +1,238 @@
+"""A SENTRON PAC3100 simulator: a real pymodbus server serving the pac3100 profile.
+
+The values follow a small isolated 3-phase 127/220 V, 60 Hz plant whose load
+follows a village's day (low at night, a bump at breakfast, the evening peak).
+Like the real meter it refuses a read that starts or ends inside a value, and
+answers FC 0x03 and 0x04 alike. Tests use its knobs to inject faults: a slow
+answer (`delay_s`), an exception response (`exception_code`), forced values
+(`override`, e.g. NaN), and read `requests` / `served` to see what went out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import cmath
+import hashlib
+import logging
+import math
+import struct
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from pymodbus import FramerType
+from pymodbus.client import ModbusTcpClient
+from pymodbus.constants import ExcCodes
+from pymodbus.server import ModbusSerialServer, ModbusTcpServer
+from pymodbus.simulator import DataType, SimData, SimDevice
+
+from .profiles import PAC3100, Profile
+
+log = logging.getLogger(__name__)
+
+NOMINAL_V = 127.0  # phase-to-neutral; 220 V between phases
+NOMINAL_HZ = 60.0
+PEAK_W = 9000.0  # the evening peak of the whole plant
+PHASE_SHARE = (0.36, 0.33, 0.31)  # a village's loads are never balanced
+
+
+def _bump(hour: float, centre: float, width: float) -> float:
+    d = min(abs(hour - centre), 24 - abs(hour - centre))
+    return math.exp(-0.5 * (d / width) ** 2)
+
+
+def load_fraction(hour: float) -> float:
+    """Share of the evening peak drawn at this local hour (0..1)."""
+    return min(
+        1.0,
+        0.22 + 0.25 * _bump(hour, 7.0, 1.2) + 0.18 * _bump(hour, 12.5, 2.5) + 0.78 * _bump(hour, 19.5, 1.6),
+    )
+
+
+def _noise(t: float, salt: str) -> float:
+    """Deterministic noise in [-1, 1) for second `t` (same second -> same value)."""
+    digest = hashlib.blake2b(f"{int(t)}:{salt}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**63 - 1.0
+
+
+def plant_values(t: float, local_offset_h: float = -3.0) -> dict[str, float]:
+    """The twenty PAC3100 values at unix time `t` (local time = UTC + offset, Brasília -3)."""
+    hour = ((t / 3600.0) + local_offset_h) % 24
+    load = load_fraction(hour) * (1 + 0.03 * _noise(t, "load"))
+    v: dict[str, float] = {}
+    volts, amps = [], []
+    for k, share in enumerate(PHASE_SHARE, start=1):
+        p = PEAK_W * load * share * (1 + 0.05 * _noise(t, f"p{k}"))
+        pf = 0.97 - 0.08 * load + 0.01 * _noise(t, f"pf{k}")
+        q = p * math.tan(math.acos(pf))
+        s = math.hypot(p, q)
+        u = NOMINAL_V * (1.03 - 0.07 * load) + 0.4 * _noise(t, f"u{k}")
+        i = s / u
+        angle = -2 * math.pi / 3 * (k - 1)
+        volts.append(cmath.rect(u, angle))
+        amps.append(cmath.rect(i, angle - math.acos(pf)))
+        v[f"tensao_l{k}_n"] = u
+        v[f"corrente_l{k}"] = i
+        v[f"potencia_aparente_l{k}"] = s
+        v[f"potencia_ativa_l{k}"] = p
+        v[f"potencia_reativa_l{k}"] = q
+    v["tensao_l1_l2"] = abs(volts[0] - volts[1])
+    v["tensao_l2_l3"] = abs(volts[1] - volts[2])
+    v["tensao_l3_l1"] = abs(volts[2] - volts[0])
+    v["corrente_neutro"] = abs(sum(amps))
+    v["frequencia"] = NOMINAL_HZ + 0.12 * math.sin(t / 37.0) - 0.25 * (load - 0.5) + 0.02 * _noise(t, "f")
+    return v
+
+
+def as_float32(value: float) -> float:
+    """What a value becomes after the trip through two registers."""
+    return struct.unpack(">f", struct.pack(">f", value))[0]
+
+
+@dataclass
+class Pac3100Simulator:
+    """The device behind the server. Knobs and counters are safe to touch from tests."""
+
+    unit_id: int = PAC3100.unit_id
+    profile: Profile = PAC3100
+    clock: Callable[[], float] = time.time
+    delay_s: float = 0.0
+    exception_code: ExcCodes | None = None
+    override: dict[str, float] = field(default_factory=dict)
+    requests: int = 0
+    served: list[dict[str, float]] = field(default_factory=list)
+    keep_served: int = 100_000
+
+    def device(self) -> SimDevice:
+        regs = self.profile.registers
+        start = regs[0].address
+        size = regs[-1].end - start
+        return SimDevice(
+            id=self.unit_id,
+            simdata=[SimData(address=start, count=size, values=0, datatype=DataType.REGISTERS)],
+            action=self._action,
+        )
+
+    def current_values(self) -> dict[str, float]:
+        values = {k: as_float32(x) for k, x in plant_values(self.clock()).items()}
+        values.update(self.override)
+        return values
+
+    async def _action(
+        self,
+        function_code: int,
+        start_address: int,
+        address: int,
+        count: int,
+        registers: list[int],
+        set_values: object,
+    ) -> ExcCodes | None:
+        self.requests += 1
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        if set_values is not None:
+            return ExcCodes.ILLEGAL_FUNCTION  # measurements are read-only
+        if self.exception_code is not None:
+            return self.exception_code
+        # The PAC3100 refuses a read that starts or ends inside a 2-register value.
+        first = self.profile.registers[0].address
+        if (address - first) % 2 or count % 2:
+            return ExcCodes.ILLEGAL_ADDRESS
+        values = self.current_values()
+        for reg in self.profile.registers:
+            words = ModbusTcpClient.convert_to_registers(
+                values.get(reg.name, 0.0), ModbusTcpClient.DATATYPE.FLOAT32
+            )
+            offset = reg.address - start_address
+            registers[offset : offset + 2] = words
+        self.served.append(values)
+        del self.served[: -self.keep_served]
+        return None
+
+    async def serve_tcp(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 5020,
+        started: Callable[[ModbusTcpServer], None] | None = None,
+    ) -> None:
+        server = ModbusTcpServer(self.device(), address=(host, port))
+        await self._serve(server, started)
+
+    async def serve_rtu(
+        self,
+        device: str,
+        baudrate: int | None = None,
+        started: Callable[[ModbusSerialServer], None] | None = None,
+    ) -> None:
+        serial = self.profile.serial
+        server = ModbusSerialServer(
+            self.device(),
+            framer=FramerType.RTU,
+            port=device,
+            baudrate=baudrate or serial.baudrate,
+            bytesize=serial.bytesize,
+            parity=serial.parity,
+            stopbits=serial.stopbits,
+        )
+        await self._serve(server, started)
+
+    async def _serve(self, server, started) -> None:
+        await server.serve_forever(background=True)
+        if started:
+            started(server)
+        try:
+            await server.serving
+        finally:
+            await server.shutdown()
+
+
+class SimulatorThread:
+    """Runs a simulator's server on an asyncio loop in a background thread."""
+
+    def __init__(
+        self,
+        sim: Pac3100Simulator,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        rtu_device: str | None = None,
+    ):
+        self.sim = sim
+        self.host, self.port, self.rtu_device = host, port, rtu_device
+        self.loop = asyncio.new_event_loop()
+        self.server = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self.thread = threading.Thread(target=self._main, name="pac3100-sim", daemon=True)
+
+    def _started(self, server) -> None:
+        self.server = server
+        if self.rtu_device is None and self.port == 0:
+            sock = server.transport.sockets[0]  # the port the OS chose
+            self.port = sock.getsockname()[1]
+        self._ready.set()
+
+    def _main(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        coro = (
+            self.sim.serve_rtu(self.rtu_device, started=self._started)
+            if self.rtu_device
+            else self.sim.serve_tcp(self.host, self.port, started=self._started)
+        )
+        try:
+            self.loop.run_until_complete(coro)
+        except BaseException as exc:
+            self._error = exc
+            self._ready.set()
+
+    def start(self, timeout: float = 10.0) -> SimulatorThread:
+        self.thread.start()
+        if not self._ready.wait(timeout) or self._error:
+            raise RuntimeError(f"simulator did not start: {self._error}")
+        return self
+
+    def stop(self) -> None:
+        if self.server is not None and self.loop.is_running():
+            asyncio.run_coroutine_threadsafe(self.server.shutdown(), self.loop).result(10)
+        self.thread.join(10)

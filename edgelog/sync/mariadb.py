@@ -1,0 +1,234 @@
+"""The MariaDB sink, through PyMySQL.
+
+Idempotence: the table has ``UNIQUE (site, buffer_id, seq)`` and rows are written
+with ``INSERT ... ON DUPLICATE KEY UPDATE seq = seq``, so replaying a batch that
+MariaDB already committed (the logger died before it could record that) changes
+nothing. Unlike ``INSERT IGNORE``, this keeps strict mode's errors for bad values.
+
+Every connection has connect, read and write timeouts: PyMySQL's read and write
+timeouts default to none, and a server that hangs mid-query would hang the
+worker forever.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pymysql
+from pymysql.converters import escape_string
+
+from ..config import MariaDBConfig
+from ..errors import SinkRejected, SinkUnavailable
+
+log = logging.getLogger(__name__)
+
+#: Server errors caused by the rows themselves: sending them again will not help.
+REJECTED_CODES = frozenset(
+    {
+        1048,  # column cannot be null
+        1054,  # unknown column
+        1136,  # column count doesn't match
+        1264,  # out of range value
+        1265,  # data truncated
+        1292,  # incorrect datetime value
+        1366,  # incorrect value
+        1406,  # data too long
+    }
+)
+
+#: Columns of every row, before the register columns (the buffer's FIXED_COLUMNS,
+#: with site and buffer_id added by the sink).
+INSERT_COLUMNS = ("site", "meter", "buffer_id", "seq", "measured_at", "clock_ok", "error")
+ERROR_MAX = 255
+
+
+def quote(identifier: str) -> str:
+    """Backtick-quote an identifier that config validation already restricted."""
+    if not identifier or "`" in identifier or "\0" in identifier:
+        raise ValueError(f"unsafe SQL identifier {identifier!r}")
+    return f"`{identifier}`"
+
+
+def column_sql(name: str, unit: str) -> str:
+    return f"{quote(name)} DOUBLE NULL COMMENT '{escape_string(unit)}'"
+
+
+def create_table_sql(table: str, columns: Mapping[str, str]) -> str:
+    """The DDL of the readings table for these register columns (name -> unit)."""
+    lines = [
+        "`id` BIGINT UNSIGNED NOT NULL AUTO_INCREMENT",
+        "`site` VARCHAR(64) NOT NULL COMMENT 'logger that took the reading (site in edgelog.toml)'",
+        "`meter` VARCHAR(64) NOT NULL COMMENT 'meter name in edgelog.toml'",
+        "`buffer_id` CHAR(16) NOT NULL COMMENT 'identity: the logger buffer that stored the reading'",
+        "`seq` BIGINT UNSIGNED NOT NULL COMMENT 'identity: reading number within that buffer'",
+        "`measured_at` DATETIME(3) NOT NULL COMMENT 'UTC'",
+        "`clock_ok` BOOLEAN NOT NULL DEFAULT 1 COMMENT '0: logger clock was not synchronised'",
+        f"`error` VARCHAR({ERROR_MAX}) NULL COMMENT 'poll failed: a gap, values are NULL'",
+        *(column_sql(name, unit) for name, unit in columns.items()),
+        "PRIMARY KEY (`id`)",
+        "UNIQUE KEY `uq_reading` (`site`, `buffer_id`, `seq`)",
+        "KEY `ix_meter_time` (`site`, `meter`, `measured_at`)",
+    ]
+    body = ",\n  ".join(lines)
+    return (
+        f"CREATE TABLE IF NOT EXISTS {quote(table)} (\n  {body}\n)"
+        " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci"
+    )
+
+
+def utc_text(ts: float) -> str:
+    """Unix seconds -> 'YYYY-MM-DD HH:MM:SS.fff' in UTC (what DATETIME(3) stores)."""
+    seconds, millis = divmod(round(ts * 1000), 1000)
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}"
+
+
+class MariaDBSink:
+    """Writes batches into `[mariadb] table`; one connection, reopened after any error."""
+
+    def __init__(self, config: MariaDBConfig, site: str):
+        self.config = config
+        self.site = site
+        self.conn: pymysql.connections.Connection | None = None
+        self._known_columns: set[str] | None = None
+
+    # -- connection ----------------------------------------------------------------
+
+    def connect_args(self) -> dict[str, Any]:
+        c = self.config
+        args: dict[str, Any] = {
+            "user": c.user,
+            "password": c.read_password() or "",
+            "database": c.database,
+            "charset": "utf8mb4",
+            "autocommit": False,
+            "connect_timeout": c.connect_timeout_s,
+            "read_timeout": c.read_timeout_s,
+            "write_timeout": c.write_timeout_s,
+            "local_infile": False,
+            "init_command": "SET SESSION time_zone = '+00:00', "
+            "sql_mode = 'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION'",
+        }
+        if c.unix_socket:
+            args["unix_socket"] = c.unix_socket
+        else:
+            args["host"], args["port"] = c.host, c.port
+        if c.ssl_ca or c.ssl_cert:
+            args["ssl"] = {
+                k: str(v) for k, v in (("ca", c.ssl_ca), ("cert", c.ssl_cert), ("key", c.ssl_key)) if v
+            }
+            args["ssl_verify_cert"] = True
+            args["ssl_verify_identity"] = c.ssl_verify_identity
+        return args
+
+    def _connection(self) -> pymysql.connections.Connection:
+        if self.conn is None:
+            try:
+                self.conn = pymysql.connect(**self.connect_args())
+            except pymysql.MySQLError as exc:
+                raise SinkUnavailable(f"MariaDB {self.where}: {_describe(exc)}") from None
+            except (OSError, ValueError) as exc:
+                raise SinkUnavailable(f"MariaDB {self.where}: {exc}") from None
+        return self.conn
+
+    @property
+    def where(self) -> str:
+        c = self.config
+        place = c.unix_socket or f"{c.host}:{c.port}"
+        return f"{c.user}@{place}/{c.database}"
+
+    def close(self) -> None:
+        if self.conn is not None:
+            try:
+                self.conn.close()
+            except Exception:
+                log.debug("closing a broken MariaDB connection", exc_info=True)
+            self.conn = None
+        self._known_columns = None
+
+    def _run(self, work):
+        """Run `work(cursor)` in one transaction; classify any failure."""
+        conn = self._connection()
+        try:
+            with conn.cursor() as cursor:
+                result = work(cursor)
+            conn.commit()
+            return result
+        except pymysql.MySQLError as exc:
+            self.close()
+            code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
+            if code in REJECTED_CODES:
+                raise SinkRejected(f"MariaDB {self.where} rejected rows: {_describe(exc)}") from None
+            raise SinkUnavailable(f"MariaDB {self.where}: {_describe(exc)}") from None
+        except (TimeoutError, OSError) as exc:
+            self.close()
+            raise SinkUnavailable(f"MariaDB {self.where}: {exc}") from None
+
+    def ping(self) -> None:
+        """Raise SinkUnavailable unless a login and a trivial query work."""
+        self._run(lambda cur: cur.execute("SELECT 1"))
+
+    # -- the Sink interface --------------------------------------------------------
+
+    def ensure_table(self, columns: Mapping[str, str]) -> None:
+        table = self.config.table
+
+        def work(cur) -> set[str]:
+            cur.execute(
+                "SELECT column_name FROM information_schema.columns "
+                "WHERE table_schema = %s AND table_name = %s",
+                (self.config.database, table),
+            )
+            existing = {row[0] for row in cur.fetchall()}
+            if not existing:
+                log.info("creating table %s.%s", self.config.database, table)
+                cur.execute(create_table_sql(table, columns))
+                return set(INSERT_COLUMNS) | set(columns)
+            for name, unit in columns.items():
+                if name not in existing:
+                    log.info("adding column %s to %s", name, table)
+                    cur.execute(f"ALTER TABLE {quote(table)} ADD COLUMN {column_sql(name, unit)}")
+                    existing.add(name)
+            return existing
+
+        self._known_columns = self._run(work)
+
+    def high_water(self, buffer_id: str) -> int:
+        def work(cur) -> int:
+            cur.execute(
+                f"SELECT MAX(seq) FROM {quote(self.config.table)} WHERE site = %s AND buffer_id = %s",
+                (self.site, buffer_id),
+            )
+            (value,) = cur.fetchone()
+            return int(value or 0)
+
+        return self._run(work)
+
+    def write_batch(self, buffer_id: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        if not rows:
+            return
+        names = ", ".join(quote(c) for c in (*INSERT_COLUMNS, *columns))
+        marks = ", ".join(["%s"] * (len(INSERT_COLUMNS) + len(columns)))
+        sql = (
+            f"INSERT INTO {quote(self.config.table)} ({names}) VALUES ({marks}) "
+            "ON DUPLICATE KEY UPDATE seq = seq"
+        )
+        site = self.site
+        params = [
+            (site, meter, buffer_id, seq, utc_text(at), ok, _clip(err), *values)
+            for seq, meter, at, ok, err, *values in rows
+        ]
+        self._run(lambda cur: cur.executemany(sql, params))
+
+
+def _clip(error: str | None) -> str | None:
+    return error if error is None or len(error) <= ERROR_MAX else error[: ERROR_MAX - 1] + "…"
+
+
+def _describe(exc: pymysql.MySQLError) -> str:
+    """One line: '(code) message' from a PyMySQL error, without the password."""
+    if len(exc.args) >= 2:
+        return f"({exc.args[0]}) {str(exc.args[1]).splitlines()[0]}"
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__

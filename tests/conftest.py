@@ -1,0 +1,189 @@
+"""Shared fixtures: a real MariaDB (pytest-mysql), a real Modbus server, config files.
+
+Nothing here is a fake: the MariaDB is Debian's mariadbd started for this test
+session, the meter is pymodbus's server running the PAC3100 simulator.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pymysql
+import pytest
+
+from edgelog.simulate import Pac3100Simulator, SimulatorThread
+
+ROOT = Path(__file__).resolve().parent.parent
+PRIVILEGES = "SELECT, INSERT, UPDATE, CREATE, ALTER, INDEX"
+
+
+@dataclass
+class LoggerDB:
+    """A fresh database and a least-privilege user for one test."""
+
+    database: str
+    user: str
+    password_file: Path
+    socket: str
+    host: str
+    port: int
+    root: Any  # pymysql connection as root
+
+    def toml(self, transport: str = "socket", **extra: Any) -> str:
+        lines = [
+            "[mariadb]",
+            f'user = "{self.user}"',
+            f'password_file = "{self.password_file}"',
+            f'database = "{self.database}"',
+        ]
+        if transport == "socket":
+            lines.append(f'unix_socket = "{self.socket}"')
+        else:
+            lines += [f'host = "{self.host}"', f"port = {self.port}"]
+        lines += [f"{k} = {_toml_value(v)}" for k, v in extra.items()]
+        return "\n".join(lines) + "\n"
+
+    def query(self, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
+        with self.root.cursor() as cur:
+            cur.execute(sql, params)
+            rows = list(cur.fetchall())
+        self.root.commit()
+        return rows
+
+    def rows(self, table: str = "medicoes", columns: str = "*") -> list[dict[str, Any]]:
+        with self.root.cursor(pymysql.cursors.DictCursor) as cur:
+            cur.execute(f"SELECT {columns} FROM `{self.database}`.`{table}` ORDER BY seq")
+            rows = list(cur.fetchall())
+        self.root.commit()
+        return rows
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return f'"{v}"'
+    return str(v)
+
+
+@pytest.fixture(scope="session")
+def mariadb_root(mysql_proc) -> Iterator[Any]:
+    conn = pymysql.connect(unix_socket=mysql_proc.unixsocket, user="root", autocommit=True)
+    yield conn
+    conn.close()
+
+
+@pytest.fixture
+def logger_db(mysql_proc, mariadb_root, tmp_path: Path) -> Iterator[LoggerDB]:
+    """A database named like the real one plus a suffix, and a user holding only
+    the privileges the README asks for (no DELETE, no DROP)."""
+    suffix = secrets.token_hex(4)
+    database, user = f"chapada_imperial_{suffix}", f"edgelog_{suffix}"
+    password = secrets.token_urlsafe(18)
+    with mariadb_root.cursor() as cur:
+        cur.execute(f"CREATE DATABASE `{database}`")
+        for host in ("localhost", "127.0.0.1"):
+            cur.execute(f"CREATE USER '{user}'@'{host}' IDENTIFIED BY %s", (password,))
+            cur.execute(f"GRANT {PRIVILEGES} ON `{database}`.* TO '{user}'@'{host}'")
+    password_file = tmp_path / "mariadb.password"
+    password_file.write_text(password + "\n")
+    password_file.chmod(0o600)
+    yield LoggerDB(
+        database=database,
+        user=user,
+        password_file=password_file,
+        socket=mysql_proc.unixsocket,
+        host="127.0.0.1",
+        port=mysql_proc.port,
+        root=mariadb_root,
+    )
+    with mariadb_root.cursor() as cur:
+        cur.execute(f"DROP DATABASE IF EXISTS `{database}`")
+        for host in ("localhost", "127.0.0.1"):
+            cur.execute(f"DROP USER IF EXISTS '{user}'@'{host}'")
+
+
+@pytest.fixture
+def simulator() -> Iterator[SimulatorThread]:
+    """A PAC3100 simulator on a free TCP port of 127.0.0.1."""
+    thread = SimulatorThread(Pac3100Simulator()).start()
+    yield thread
+    thread.stop()
+
+
+def meter_toml(port: int, name: str = "pac1", interval_s: float = 1.0, **extra: Any) -> str:
+    lines = [
+        "[[meters]]",
+        f'name = "{name}"',
+        'transport = "tcp"',
+        'host = "127.0.0.1"',
+        f"port = {port}",
+        f"interval_s = {interval_s}",
+        "timeout_s = 0.5",
+    ]
+    lines += [f"{k} = {_toml_value(v)}" for k, v in extra.items()]
+    return "\n".join(lines) + "\n"
+
+
+def write_config(tmp_path: Path, *sections: str, site: str = "test-site",
+                 buffer: Path | None = None, sync_interval_s: float = 0.5) -> Path:
+    buffer = buffer or tmp_path / "buffer.sqlite3"
+    text = (
+        f'site = "{site}"\n\n[buffer]\npath = "{buffer}"\n\n'
+        f"[sync]\ninterval_s = {sync_interval_s}\nbackoff_initial_s = 0.2\nbackoff_max_s = 2\n\n"
+        + "\n".join(sections)
+    )
+    path = tmp_path / "edgelog.toml"
+    path.write_text(text)
+    path.chmod(0o600)
+    return path
+
+
+def edgelog(*args: str, config: Path | None = None, timeout: float = 60,
+            check: bool = False) -> subprocess.CompletedProcess[str]:
+    """Run the real `edgelog` command line in a subprocess."""
+    cmd = [sys.executable, "-m", "edgelog"]
+    if config is not None:
+        cmd += ["--config", str(config)]
+    result = subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=timeout,
+                            env=_env())
+    if check and result.returncode != 0:
+        raise AssertionError(f"edgelog {args} exited {result.returncode}: {result.stderr}")
+    return result
+
+
+def start_edgelog(*args: str, config: Path, log: Path) -> subprocess.Popen[bytes]:
+    cmd = [sys.executable, "-m", "edgelog", "--config", str(config), *args]
+    return subprocess.Popen(cmd, stdout=log.open("ab"), stderr=subprocess.STDOUT, env=_env())
+
+
+def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+    proc.send_signal(sig)
+    return proc.wait(timeout)
+
+
+def wait_for(predicate, timeout: float = 20, every: float = 0.1, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("EDGELOG_CONFIG", None)
+    env.pop("NOTIFY_SOCKET", None)
+    env["PYTHONPATH"] = str(ROOT)
+    return env
