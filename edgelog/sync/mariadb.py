@@ -125,12 +125,23 @@ class MariaDBSink:
 
     def _connection(self) -> pymysql.connections.Connection:
         if self.conn is None:
+            c = self.config
+            # PyMySQL's connect_timeout bounds only the TCP connect; the handshake, the
+            # login and init_command run under read/write_timeout. Bound them by
+            # connect_timeout too (as the MariaDB C client does), so a listener that
+            # accepts and never answers fails in connect_timeout_s, then switch to the
+            # query timeouts.
+            args = self.connect_args()
+            args["read_timeout"] = args["write_timeout"] = c.connect_timeout_s
             try:
-                self.conn = pymysql.connect(**self.connect_args())
+                conn = pymysql.connect(**args)
             except pymysql.MySQLError as exc:
                 raise SinkUnavailable(f"MariaDB {self.where}: {_describe(exc)}") from None
             except (OSError, ValueError) as exc:
                 raise SinkUnavailable(f"MariaDB {self.where}: {exc}") from None
+            conn._read_timeout = c.read_timeout_s  # read by PyMySQL before every socket read
+            conn._write_timeout = c.write_timeout_s  # ... and before every write
+            self.conn = conn
         return self.conn
 
     @property
