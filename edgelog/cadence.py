@@ -45,6 +45,12 @@ class Clock:
 def next_boundary(now: float, interval: float, offset: float = 0.0) -> float:
     """The first instant ``offset + k * interval`` strictly after `now`."""
     k = math.floor((now - offset) / interval) + 1
+    # The division rounds (e.g. 0.3 / 0.1 < 3): step k until the float result is
+    # really the first grid instant strictly after `now`.
+    while offset + (k - 1) * interval > now:
+        k -= 1
+    while offset + k * interval <= now:
+        k += 1
     return offset + k * interval
 
 
@@ -70,7 +76,31 @@ class GridJob(schedule.Job):
 
     @property
     def should_run(self) -> bool:  # type: ignore[override]
-        return self.due_at is not None and self.clock.wall() >= self.due_at
+        if self.due_at is None:
+            return False
+        now, mono = self.clock.wall(), self.clock.monotonic()
+        step = self._step(now, mono)
+        if abs(step) > JUMP_THRESHOLD_S:
+            # The clock stepped while waiting: after a jump back the old due time is
+            # hours away (silence), after a jump forward it is long past (an off-grid
+            # run now). Either way, wait for the next boundary of the new time.
+            self.stats.clock_jumps += 1
+            log.warning("clock stepped by %+.1f s; sampling resumes on the new grid", step)
+            self._set_due(next_boundary(now, self.interval_s), now, mono)
+            return False
+        return now >= self.due_at
+
+    def _step(self, now: float, mono: float) -> float:
+        """How far the wall clock moved, beyond the monotonic clock, since the last scheduling."""
+        if self._wall_at_schedule is None or self._mono_at_schedule is None:
+            return 0.0
+        return (now - self._wall_at_schedule) - (mono - self._mono_at_schedule)
+
+    def _set_due(self, due: float, now: float, mono: float) -> None:
+        self.due_at = due
+        self._wall_at_schedule, self._mono_at_schedule = now, mono
+        self.next_run = dt.datetime.fromtimestamp(due)
+        self.period = dt.timedelta(seconds=self.interval_s)
 
     def _schedule_next_run(self) -> None:
         now = self.clock.wall()
@@ -78,7 +108,7 @@ class GridJob(schedule.Job):
         nxt = next_boundary(now, self.interval_s)
         if self.due_at is not None and self._wall_at_schedule is not None:
             self.stats.runs += 1
-            step = (now - self._wall_at_schedule) - (mono - self._mono_at_schedule)
+            step = self._step(now, mono)
             if abs(step) > JUMP_THRESHOLD_S:
                 self.stats.clock_jumps += 1
                 log.warning("clock stepped by %+.1f s; sampling resumes on the new grid", step)
@@ -87,10 +117,7 @@ class GridJob(schedule.Job):
                 skipped = round((nxt - self.due_at) / self.interval_s) - 1
                 if skipped > 0:
                     self.stats.missed += skipped
-        self.due_at = nxt
-        self._wall_at_schedule, self._mono_at_schedule = now, mono
-        self.next_run = dt.datetime.fromtimestamp(nxt)
-        self.period = dt.timedelta(seconds=self.interval_s)
+        self._set_due(nxt, now, mono)
 
 
 @dataclass

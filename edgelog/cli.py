@@ -21,6 +21,7 @@ from typing import Any
 from . import __version__
 from . import config as config_mod
 from .buffer import Buffer
+from .clock import utc_text
 from .errors import EdgelogError, MeterError
 from .sync import MariaDBSink, SyncWorker, create_table_sql
 
@@ -174,9 +175,7 @@ def schema_sql(cfg: config_mod.Config) -> str:
 
 
 def _iso(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1000):03d}Z"
+    return None if ts is None else utc_text(ts, iso=True)
 
 
 def build_parser() -> argparse.ArgumentParser:

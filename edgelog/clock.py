@@ -18,6 +18,14 @@ _TIME_ERROR = 5
 _libc = None
 
 
+def utc_text(ts: float, iso: bool = False) -> str:
+    """Unix seconds -> UTC with milliseconds (rounded): 'YYYY-MM-DD HH:MM:SS.fff', the text
+    MariaDB's DATETIME(3) takes, or with `iso` 'YYYY-MM-DDTHH:MM:SS.fffZ'."""
+    seconds, millis = divmod(round(ts * 1000), 1000)
+    fmt = "%Y-%m-%dT%H:%M:%S" if iso else "%Y-%m-%d %H:%M:%S"
+    return time.strftime(fmt, time.gmtime(seconds)) + f".{millis:03d}" + ("Z" if iso else "")
+
+
 def kernel_synchronised() -> bool | None:
     """True/False from adjtimex(2); None where it cannot be asked."""
     global _libc

@@ -10,6 +10,7 @@ instead of being silently ignored.
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import os
 import stat
@@ -74,11 +75,14 @@ class MariaDBConfig:
             return None
         check_private_file(self.password_file, "[mariadb] password_file")
         try:
-            return self.password_file.read_text(encoding="utf-8").rstrip("\r\n")
+            text = self.password_file.read_text(encoding="utf-8")
         except OSError as exc:
             raise ConfigError(
                 f"[mariadb] password_file: cannot read {self.password_file}: {exc.strerror}"
             ) from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"[mariadb] password_file: {self.password_file} is not UTF-8 text") from None
+        return text.split("\n", 1)[0].rstrip("\r")  # the first line, as documented
 
 
 @dataclass(frozen=True)
@@ -368,7 +372,8 @@ class _Table:
     def done(self) -> None:
         unknown = sorted(set(self.data) - self.used)
         if unknown:
-            raise self.error(unknown[0], "unknown key (check the spelling; see README)")
+            key = unknown[0] if unknown[0].isprintable() else _show(unknown[0])
+            raise self.error(key, "unknown key (check the spelling; see README)")
 
 
 _KIND_NAMES = {
@@ -385,7 +390,8 @@ def _show(value: Any) -> str:
         return "a table"
     if isinstance(value, list):
         return "an array"
-    return repr(value) if not isinstance(value, str) else f'"{value}"'
+    # json.dumps escapes newlines and control characters: an error stays one line
+    return repr(value) if not isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
 # -- checks: each returns a problem description, or None -------------------------------

@@ -11,7 +11,7 @@ import math
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from pymodbus import FramerType
 from pymodbus.client import ModbusSerialClient, ModbusTcpClient
@@ -190,13 +190,19 @@ class Meter:
 
 
 def open_meters(configs: Iterable[MeterConfig]) -> list[Meter]:
-    """Build meters, giving meters on the same line or gateway one shared Bus."""
+    """Build meters, giving meters on the same line or gateway one shared Bus.
+    A shared bus waits as long as the most patient of its meters (longest timeout_s,
+    most retries): one client serves them all."""
+    configs = list(configs)
     buses: dict[tuple[object, ...], Bus] = {}
     meters = []
     for cfg in configs:
         key = cfg.bus_key()
         if key not in buses:
-            buses[key] = Bus(cfg)
+            same = [c for c in configs if c.bus_key() == key]
+            buses[key] = Bus(
+                replace(cfg, timeout_s=max(c.timeout_s for c in same), retries=max(c.retries for c in same))
+            )
         bus = buses[key]
         meters.append(Meter(cfg, bus))
     return meters

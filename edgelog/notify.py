@@ -20,8 +20,9 @@ class Notifier:
             address = "\0" + address[1:]
         self.address = address or None
         usec = os.environ.get("WATCHDOG_USEC", "")
-        #: Ping at least twice per watchdog period (systemd's advice).
-        self.watchdog_every_s = int(usec) / 2e6 if usec.isdigit() and int(usec) > 0 else None
+        #: Ping four times per watchdog period: systemd advises at least twice, and the
+        #: poll loop may sleep up to half a second between two chances to ping.
+        self.watchdog_every_s = int(usec) / 4e6 if usec.isdigit() and int(usec) > 0 else None
         self._last_ping = 0.0
 
     def send(self, message: str) -> None:
@@ -39,7 +40,7 @@ class Notifier:
         if self.watchdog_every_s is None:
             return
         now = time.monotonic()
-        if now - self._last_ping >= min(self.watchdog_every_s, 1.0):
+        if now - self._last_ping >= self.watchdog_every_s:
             self._last_ping = now
             self.send("WATCHDOG=1")
 

@@ -4,8 +4,9 @@ Addresses are Modbus PDU addresses, the number that goes on the wire. Siemens
 documents the PAC3100 by that same number (its "offset"), so `tensao_l1_n` is
 at address 1 and is requested as address 1, with no -1 correction. Tools that
 count registers from 1 (mbpoll, many SCADA screens) show the same register as 2:
-``mbpoll -a 126 -b 19200 -P none -s 2 -t 4:float -r 2 -c 20 /dev/ttyUSB0``
-reads all twenty values of a factory-set PAC3100.
+``mbpoll -a 126 -b 19200 -P none -s 2 -t 4:float -B -r 2 -c 20 /dev/ttyUSB0``
+reads all twenty values of a factory-set PAC3100 (``-B``: high word first;
+without it mbpoll swaps the two words of each float and prints nonsense).
 """
 
 from __future__ import annotations

@@ -18,12 +18,13 @@ import math
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 from pymodbus import FramerType
 from pymodbus.client import ModbusTcpClient
 from pymodbus.constants import ExcCodes
+from pymodbus.pdu import ModbusPDU
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
@@ -88,6 +89,21 @@ def plant_values(t: float, local_offset_h: float = -3.0) -> dict[str, float]:
 def as_float32(value: float) -> float:
     """What a value becomes after the trip through two registers."""
     return struct.unpack(">f", struct.pack(">f", value))[0]
+
+
+def answer_only(unit_ids: Collection[int]) -> Callable[[bool, ModbusPDU], ModbusPDU | None]:
+    """A server `trace_pdu` hook that drops requests addressed to other units.
+
+    On an RS485 line a slave stays silent when a request is for another unit, so
+    the master times out. pymodbus 3.16's SimDevice server would answer them with
+    exception 4 instead (its `ignore_missing_devices` does not apply to SimDevice).
+    """
+    ids = frozenset(unit_ids)
+
+    def trace_pdu(sending: bool, pdu: ModbusPDU) -> ModbusPDU | None:
+        return pdu if sending or pdu.dev_id in ids else None
+
+    return trace_pdu
 
 
 @dataclass
@@ -174,6 +190,7 @@ class Pac3100Simulator:
             bytesize=serial.bytesize,
             parity=serial.parity,
             stopbits=serial.stopbits,
+            trace_pdu=answer_only({self.unit_id}),  # type: ignore[arg-type]
         )
         await self._serve(server, started)
 
@@ -225,6 +242,8 @@ class SimulatorThread:
         except BaseException as exc:
             self._error = exc
             self._ready.set()
+        finally:
+            self.loop.close()
 
     def start(self, timeout: float = 10.0) -> SimulatorThread:
         self.thread.start()

@@ -134,8 +134,13 @@ def meter_toml(port: int, name: str = "pac1", interval_s: float = 1.0, **extra: 
     return "\n".join(lines) + "\n"
 
 
-def write_config(tmp_path: Path, *sections: str, site: str = "test-site",
-                 buffer: Path | None = None, sync_interval_s: float = 0.5) -> Path:
+def write_config(
+    tmp_path: Path,
+    *sections: str,
+    site: str = "test-site",
+    buffer: Path | None = None,
+    sync_interval_s: float = 0.5,
+) -> Path:
     buffer = buffer or tmp_path / "buffer.sqlite3"
     text = (
         f'site = "{site}"\n\n[buffer]\npath = "{buffer}"\n\n'
@@ -148,14 +153,14 @@ def write_config(tmp_path: Path, *sections: str, site: str = "test-site",
     return path
 
 
-def edgelog(*args: str, config: Path | None = None, timeout: float = 60,
-            check: bool = False) -> subprocess.CompletedProcess[str]:
+def edgelog(
+    *args: str, config: Path | None = None, timeout: float = 60, check: bool = False
+) -> subprocess.CompletedProcess[str]:
     """Run the real `edgelog` command line in a subprocess."""
     cmd = [sys.executable, "-m", "edgelog"]
     if config is not None:
         cmd += ["--config", str(config)]
-    result = subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=timeout,
-                            env=_env())
+    result = subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=timeout, env=_env())
     if check and result.returncode != 0:
         raise AssertionError(f"edgelog {args} exited {result.returncode}: {result.stderr}")
     return result

@@ -25,7 +25,9 @@ def test_run_delivers_every_reading_exactly_once_with_the_served_values(tmp_path
     edgelog("sync", "--drain", config=config, check=True)
 
     buffer = sqlite3.connect(tmp_path / "buffer.sqlite3")
-    local = buffer.execute(f"SELECT seq, meter, error, {', '.join(COLUMNS)} FROM readings ORDER BY seq").fetchall()
+    local = buffer.execute(
+        f"SELECT seq, meter, error, {', '.join(COLUMNS)} FROM readings ORDER BY seq"
+    ).fetchall()
     remote = logger_db.rows()
     assert [r["seq"] for r in remote] == [r[0] for r in local]  # each reading exactly once
     assert len({(r["buffer_id"], r["seq"]) for r in remote}) == len(remote)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import sqlite3
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -95,9 +96,14 @@ class Buffer:
         self.db = SqliteDatabase(str(self.path), pragmas=PRAGMAS, timeout=BUSY_TIMEOUT_S)
         try:
             self._open(list(columns), create)
-        except DatabaseError as exc:
+        except (DatabaseError, sqlite3.DatabaseError) as exc:
+            # sqlite3's own error too: rows fetched from a cursor (quick_check on a
+            # corrupt page) raise it unwrapped by peewee.
             self.db.close()
             raise BufferError(f"buffer {self.path}: {exc}") from None
+        except BufferError:
+            self.db.close()
+            raise
 
     # -- opening -------------------------------------------------------------------
 
@@ -105,7 +111,10 @@ class Buffer:
         self.db.connect(reuse_if_open=True)
         check = self.db.execute_sql("PRAGMA quick_check").fetchone()[0]
         if check != "ok":
-            raise BufferError(f"buffer {self.path}: quick_check failed: {check}")
+            # One line: the report is "*** in database main ***" then one line a problem.
+            problems = [p for p in check.splitlines() if p and not p.startswith("***")] or [check]
+            more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+            raise BufferError(f"buffer {self.path}: quick_check failed: {problems[0]}{more}")
         # Models are made per buffer (not module-level and re-bound) so that the
         # poll and sync threads never race on which database a model points to.
         self.KV = type(
@@ -126,9 +135,10 @@ class Buffer:
             with self.db.atomic():
                 if not self.db.table_exists("readings"):
                     self.db.create_tables([self.Reading])
-                for name in self.value_columns if existing else ():
-                    if name not in existing:  # the config gained a register
-                        self.db.execute_sql(f'ALTER TABLE readings ADD COLUMN "{name}" REAL')
+                else:
+                    for name in self.value_columns:
+                        if name not in existing:  # the config gained a register
+                            self.db.execute_sql(f'ALTER TABLE readings ADD COLUMN "{name}" REAL')
                 if self.get_meta("buffer_id") is None:
                     self.set_meta("buffer_id", secrets.token_hex(8))
                     self.set_meta("created_at", repr(time.time()))
@@ -275,8 +285,16 @@ class Buffer:
         position = self.sent_upto
         deleted = R.delete().where((R.seq <= position) & (R.measured_at < now - keep_sent_s)).execute()
         while self.size_bytes() > max_bytes:
-            oldest = R.select(R.seq).order_by(R.seq).limit(1000)
-            seqs = [s for (s,) in oldest.tuples()]
+            # The WAL counts in size_bytes but deleting rows does not shrink it:
+            # checkpoint first, and delete only if the database itself is too big.
+            self.db.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+            if self.size_bytes() <= max_bytes:
+                break
+            # Sent rows first; unsent ones only when no sent row is left.
+            oldest_sent = R.select(R.seq).where(R.seq <= position).order_by(R.seq).limit(1000)
+            seqs = [s for (s,) in oldest_sent.tuples()]
+            if not seqs:
+                seqs = [s for (s,) in R.select(R.seq).order_by(R.seq).limit(1000).tuples()]
             if not seqs:
                 break
             dropped = [s for s in seqs if s > position]
@@ -292,5 +310,4 @@ class Buffer:
                     len(dropped),
                 )
             deleted += len(seqs)
-            self.db.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)")
         return deleted

@@ -13,13 +13,13 @@ worker forever.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pymysql
 from pymysql.converters import escape_string
 
+from ..clock import utc_text
 from ..config import MariaDBConfig
 from ..errors import SinkRejected, SinkUnavailable
 
@@ -79,12 +79,6 @@ def create_table_sql(table: str, columns: Mapping[str, str]) -> str:
     )
 
 
-def utc_text(ts: float) -> str:
-    """Unix seconds -> 'YYYY-MM-DD HH:MM:SS.fff' in UTC (what DATETIME(3) stores)."""
-    seconds, millis = divmod(round(ts * 1000), 1000)
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}"
-
-
 class MariaDBSink:
     """Writes batches into `[mariadb] table`; one connection, reopened after any error."""
 
@@ -116,9 +110,11 @@ class MariaDBSink:
         else:
             args["host"], args["port"] = c.host, c.port
         if c.ssl_ca or c.ssl_cert:
-            args["ssl"] = {
-                k: str(v) for k, v in (("ca", c.ssl_ca), ("cert", c.ssl_cert), ("key", c.ssl_key)) if v
-            }
+            # PyMySQL's ssl_* arguments (not its `ssl` dict, which they would replace):
+            # the server's certificate is always verified against ssl_ca.
+            args["ssl_ca"] = str(c.ssl_ca) if c.ssl_ca else None
+            args["ssl_cert"] = str(c.ssl_cert) if c.ssl_cert else None
+            args["ssl_key"] = str(c.ssl_key) if c.ssl_key else None
             args["ssl_verify_cert"] = True
             args["ssl_verify_identity"] = c.ssl_verify_identity
         return args
@@ -176,6 +172,15 @@ class MariaDBSink:
         except (TimeoutError, OSError) as exc:
             self.close()
             raise SinkUnavailable(f"MariaDB {self.where}: {exc}") from None
+
+    def grants(self) -> list[str]:
+        """The logged-in user's SHOW GRANTS lines (for `edgelog doctor`)."""
+
+        def work(cur) -> list[str]:
+            cur.execute("SHOW GRANTS")
+            return [row[0] for row in cur.fetchall()]
+
+        return self._run(work)
 
     def ping(self) -> None:
         """Raise SinkUnavailable unless a login and a trivial query work."""

@@ -1,0 +1,226 @@
+"""`edgelog doctor`: one command an operator runs on site. Each check prints
+OK / WARN / FAIL, what it saw, and for a failure what to do about it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import clock
+from . import config as config_mod
+from .buffer import Buffer
+from .errors import EdgelogError
+from .meter import close_meters, open_meters
+from .sync import MariaDBSink
+
+#: Privileges the logger's MariaDB user needs, and ones it must not have.
+NEEDED = {"SELECT", "INSERT", "UPDATE", "CREATE", "ALTER", "INDEX"}
+TOO_MUCH = {"DELETE", "DROP", "ALL PRIVILEGES", "GRANT OPTION", "SUPER", "FILE"}
+
+
+@dataclass(frozen=True)
+class Check:
+    status: str  # "OK" | "WARN" | "FAIL"
+    name: str
+    detail: str
+    fix: str = ""
+
+    def line(self) -> str:
+        text = f"{self.status:<4}  {self.name:<16} {self.detail}"
+        return text + (f"\n      {'':<16} -> {self.fix}" if self.fix else "")
+
+
+def run(path: Path) -> Iterator[Check]:
+    """All checks, in the order an operator would walk them."""
+    try:
+        cfg = config_mod.load(path)
+    except EdgelogError as exc:
+        yield Check("FAIL", "config", str(exc), "fix the file (see README, Configuration reference)")
+        return
+    yield Check("OK", "config", f"{path}: site {cfg.site!r}, {len(cfg.meters)} meter(s)")
+    yield from _serial(cfg)
+    yield from _meters(cfg)
+    yield from _buffer(cfg)
+    yield from _mariadb(cfg)
+    yield _clock()
+    yield _service()
+
+
+def _serial(cfg: config_mod.Config) -> Iterator[Check]:
+    seen = set()
+    for m in cfg.meters:
+        if m.transport != "rtu" or m.device in seen or "://" in (m.device or ""):
+            continue
+        seen.add(m.device)
+        device = Path(m.device or "")
+        if not device.exists():
+            yield Check(
+                "FAIL",
+                "serial device",
+                f"{device} does not exist",
+                "plug the RS485 adapter in; `ls /dev/ttyUSB* /dev/serial/by-id/` lists adapters",
+            )
+        elif not os.access(device, os.R_OK | os.W_OK):
+            yield Check(
+                "FAIL",
+                "serial device",
+                f"{device}: no read/write permission",
+                "the service user must be in group dialout: usermod -aG dialout edgelog",
+            )
+        else:
+            yield Check("OK", "serial device", f"{device} present and accessible")
+
+
+def _meters(cfg: config_mod.Config) -> Iterator[Check]:
+    meters = open_meters(cfg.meters)
+    try:
+        for meter in meters:
+            c = meter.config
+            try:
+                reading = meter.read()
+            except EdgelogError as exc:
+                fix = (
+                    f"check A/B wiring and termination; on the PAC3100 front panel: address {c.unit_id}, "
+                    f"{c.baudrate} baud, parity {c.parity}, {c.stopbits} stop bits"
+                    if c.transport == "rtu"
+                    else f"check that {c.host}:{c.port} answers and the unit id is {c.unit_id}"
+                )
+                yield Check("FAIL", f"meter {meter.name}", str(exc), fix)
+                continue
+            shown = ", ".join(
+                f"{k}={v:.1f}"
+                for k, v in reading.values.items()
+                if v is not None and k in ("tensao_l1_n", "corrente_l1", "frequencia")
+            )
+            yield Check(
+                "OK",
+                f"meter {meter.name}",
+                f"answered {len(reading.values)} values in {len(meter.plan)} request(s): {shown}",
+            )
+    finally:
+        close_meters(meters)
+
+
+def _buffer(cfg: config_mod.Config) -> Iterator[Check]:
+    path = cfg.buffer.path
+    if not path.exists():
+        yield Check("WARN", "buffer", f"{path} does not exist yet", "it is created by `edgelog run`")
+    else:
+        try:
+            buffer = Buffer(path, create=False)
+            try:
+                s = buffer.status()
+            finally:
+                buffer.close()
+        except EdgelogError as exc:
+            yield Check("FAIL", "buffer", str(exc), "see docs/guarantees.md, 'Corrupt buffer'")
+        else:
+            limit = cfg.buffer.max_mb * 1024 * 1024
+            status = "WARN" if s.size_bytes > 0.8 * limit else "OK"
+            yield Check(
+                status,
+                "buffer",
+                f"quick_check ok, {_mib(s.size_bytes)} of {_mib(limit)}, {s.unsent} unsent, "
+                f"{s.dropped_total} dropped",
+            )
+    free = shutil.disk_usage(path.parent if path.parent.exists() else "/").free
+    status = "OK" if free > 2 * cfg.buffer.max_mb * 1024 * 1024 else "WARN"
+    yield Check(
+        status,
+        "disk",
+        f"{_mib(free)} free for the buffer",
+        "" if status == "OK" else "free space, or lower [buffer] max_mb",
+    )
+
+
+def _mariadb(cfg: config_mod.Config) -> Iterator[Check]:
+    sink = MariaDBSink(cfg.mariadb, cfg.site)
+    try:
+        grants = sink.grants()
+    except EdgelogError as exc:
+        yield Check(
+            "FAIL",
+            "mariadb",
+            str(exc),
+            "readings wait in the buffer meanwhile; check the server, the network, the password file",
+        )
+        return
+    finally:
+        sink.close()
+    have = _privileges(grants, cfg.mariadb.database)
+    missing, extra = NEEDED - have, have & TOO_MUCH
+    if missing:
+        yield Check(
+            "FAIL",
+            "mariadb",
+            f"logged in, but missing {', '.join(sorted(missing))}",
+            f"GRANT {', '.join(sorted(NEEDED))} ON {cfg.mariadb.database}.* TO the logger user",
+        )
+    elif extra:
+        yield Check(
+            "WARN",
+            "mariadb",
+            f"logged in; the user has more than it needs: {', '.join(sorted(extra))}",
+            "give the logger its own user: schema/install-mariadb",
+        )
+    else:
+        yield Check("OK", "mariadb", f"logged in as {sink.where} with exactly the privileges it needs")
+
+
+def _privileges(grants: list[str], database: str) -> set[str]:
+    have: set[str] = set()
+    for grant in grants:
+        head, _, target = grant.partition(" ON ")
+        target = target.split(" TO ")[0].replace("`", "").strip()
+        if target not in ("*.*", f"{database}.*"):
+            continue
+        privs = head.removeprefix("GRANT ").split(",")
+        have |= {p.strip().upper() for p in privs if p.strip().upper() != "USAGE"}
+        if "WITH GRANT OPTION" in grant:
+            have.add("GRANT OPTION")
+    return have
+
+
+def _clock() -> Check:
+    now = time.time()
+    synced = clock.kernel_synchronised()
+    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(now))
+    if now < clock.EARLIEST_PLAUSIBLE:
+        return Check(
+            "FAIL",
+            "clock",
+            f"{when} is before 2026: the clock restarted in the past",
+            "readings are kept (flagged clock_ok=0); restore time sync (NTP/chrony) or set the date",
+        )
+    if synced is False:
+        return Check(
+            "WARN",
+            "clock",
+            f"{when}, not synchronised (readings flagged clock_ok=0)",
+            "enable time sync: systemctl enable --now systemd-timesyncd (needs network)",
+        )
+    return Check("OK", "clock", f"{when}, synchronised" if synced else f"{when} (sync state unknown)")
+
+
+def _service(run_cmd: Callable[..., subprocess.CompletedProcess[str]] = subprocess.run) -> Check:
+    if not shutil.which("systemctl") or not Path("/run/systemd/system").is_dir():
+        return Check("WARN", "service", "systemd is not running here: cannot tell")
+    state = run_cmd(["systemctl", "is-active", "edgelog.service"], capture_output=True, text=True)
+    active = state.stdout.strip()
+    if active == "active":
+        return Check("OK", "service", "edgelog.service is active")
+    return Check(
+        "FAIL",
+        "service",
+        f"edgelog.service is {active or 'unknown'}",
+        "journalctl -u edgelog -n 50 shows why; systemctl restart edgelog",
+    )
+
+
+def _mib(n: float) -> str:
+    return f"{n / 1024 / 1024:.1f} MiB"

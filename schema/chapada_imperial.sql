@@ -1,0 +1,36 @@
+-- edgelog 0.1.0: readings table for site 'chapada-imperial'
+CREATE DATABASE IF NOT EXISTS `chapada_imperial` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci;
+USE `chapada_imperial`;
+CREATE TABLE IF NOT EXISTS `medicoes` (
+  `id` BIGINT UNSIGNED NOT NULL AUTO_INCREMENT,
+  `site` VARCHAR(64) NOT NULL COMMENT 'logger that took the reading (site in edgelog.toml)',
+  `meter` VARCHAR(64) NOT NULL COMMENT 'meter name in edgelog.toml',
+  `buffer_id` CHAR(16) NOT NULL COMMENT 'identity: the logger buffer that stored the reading',
+  `seq` BIGINT UNSIGNED NOT NULL COMMENT 'identity: reading number within that buffer',
+  `measured_at` DATETIME(3) NOT NULL COMMENT 'UTC',
+  `clock_ok` BOOLEAN NOT NULL DEFAULT 1 COMMENT '0: logger clock was not synchronised',
+  `error` VARCHAR(255) NULL COMMENT 'poll failed: a gap, values are NULL',
+  `tensao_l1_n` DOUBLE NULL COMMENT 'V',
+  `tensao_l2_n` DOUBLE NULL COMMENT 'V',
+  `tensao_l3_n` DOUBLE NULL COMMENT 'V',
+  `tensao_l1_l2` DOUBLE NULL COMMENT 'V',
+  `tensao_l2_l3` DOUBLE NULL COMMENT 'V',
+  `tensao_l3_l1` DOUBLE NULL COMMENT 'V',
+  `corrente_l1` DOUBLE NULL COMMENT 'A',
+  `corrente_l2` DOUBLE NULL COMMENT 'A',
+  `corrente_l3` DOUBLE NULL COMMENT 'A',
+  `potencia_aparente_l1` DOUBLE NULL COMMENT 'VA',
+  `potencia_aparente_l2` DOUBLE NULL COMMENT 'VA',
+  `potencia_aparente_l3` DOUBLE NULL COMMENT 'VA',
+  `potencia_ativa_l1` DOUBLE NULL COMMENT 'W',
+  `potencia_ativa_l2` DOUBLE NULL COMMENT 'W',
+  `potencia_ativa_l3` DOUBLE NULL COMMENT 'W',
+  `potencia_reativa_l1` DOUBLE NULL COMMENT 'var',
+  `potencia_reativa_l2` DOUBLE NULL COMMENT 'var',
+  `potencia_reativa_l3` DOUBLE NULL COMMENT 'var',
+  `corrente_neutro` DOUBLE NULL COMMENT 'A',
+  `frequencia` DOUBLE NULL COMMENT 'Hz',
+  PRIMARY KEY (`id`),
+  UNIQUE KEY `uq_reading` (`site`, `buffer_id`, `seq`),
+  KEY `ix_meter_time` (`site`, `meter`, `measured_at`)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci;

@@ -1,0 +1,342 @@
+"""The `edgelog` command line, as real `python -m edgelog` processes against the real
+simulator and MariaDB: schema, poll, sync-status, sync --drain, run and its signals."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pymysql
+import pytest
+from conftest import ROOT, LoggerDB, edgelog, meter_toml, start_edgelog, stop, wait_for, write_config
+
+from edgelog.buffer import Buffer
+from edgelog.config import MariaDBConfig
+from edgelog.profiles import PAC3100
+from edgelog.simulate import SimulatorThread
+from edgelog.sync import MariaDBSink
+
+COLUMNS = [r.name for r in PAC3100.registers]
+UNITS = {r.name: r.unit for r in PAC3100.registers}
+SCHEMA_FILE = ROOT / "schema" / "chapada_imperial.sql"
+
+#: The smallest config of the default installation; `schema/chapada_imperial.sql` is its
+#: `edgelog schema` output (regenerate the file with this config after changing the DDL).
+MINIMAL_CONFIG = """\
+site = "chapada-imperial"
+
+[mariadb]
+user = "edgelog"
+
+[[meters]]
+name = "pac3100"
+transport = "rtu"
+device = "/dev/ttyUSB0"
+"""
+
+STATUS_KEYS = {
+    "path",
+    "buffer_id",
+    "unsent",
+    "oldest_unsent_at",
+    "readings_total",
+    "failed_polls_unsent",
+    "last_reading_at",
+    "sent_upto",
+    "last_sync_at",
+    "last_error",
+    "last_error_at",
+    "dropped_total",
+    "size_bytes",
+    "mariadb_reachable",
+    "mariadb_error",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def unreachable_toml(logger_db: LoggerDB, **extra: Any) -> str:
+    """[mariadb] for the test user, on a port where nothing listens."""
+    lines = [
+        "[mariadb]",
+        f'user = "{logger_db.user}"',
+        f'password_file = "{logger_db.password_file}"',
+        f'database = "{logger_db.database}"',
+        'host = "127.0.0.1"',
+        f"port = {free_port()}",
+        "connect_timeout_s = 1",
+        *(f"{k} = {v}" for k, v in extra.items()),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def status(config: Path) -> dict[str, Any]:
+    result = edgelog("sync-status", "--json", config=config)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert set(data) == STATUS_KEYS
+    return data
+
+
+def one_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    assert len(lines) == 1, text
+    return lines[0]
+
+
+def fill_buffer(path: Path, n: int) -> list[int]:
+    buffer = Buffer(path, COLUMNS)
+    try:
+        return [
+            buffer.append("pac1", 1_700_000_000.0 + k, {c: k + i / 7 for i, c in enumerate(COLUMNS)})
+            for k in range(n)
+        ]
+    finally:
+        buffer.close()
+
+
+# -- schema ----------------------------------------------------------------------------
+
+
+def test_schema_prints_the_ddl_of_the_committed_schema_file(tmp_path: Path) -> None:
+    config = tmp_path / "edgelog.toml"
+    config.write_text(MINIMAL_CONFIG)
+    result = edgelog("schema", config=config, check=True)
+    statements = [line for line in result.stdout.splitlines() if not line.startswith("--")]
+    assert statements[0].startswith("CREATE DATABASE IF NOT EXISTS `chapada_imperial`")
+    assert "CREATE TABLE IF NOT EXISTS `medicoes` (" in result.stdout
+    for register in PAC3100.registers:
+        assert f"  `{register.name}` DOUBLE NULL COMMENT '{register.unit}',\n" in result.stdout
+    assert result.stdout.count(" DOUBLE NULL ") == 20
+    assert "UNIQUE KEY `uq_reading` (`site`, `buffer_id`, `seq`)" in result.stdout
+    assert "`measured_at` DATETIME(3) NOT NULL" in result.stdout
+
+    assert SCHEMA_FILE.read_text() == result.stdout, (
+        f"{SCHEMA_FILE.relative_to(ROOT)} is stale: regenerate it with `edgelog schema` "
+        "for MINIMAL_CONFIG in tests/test_cli.py"
+    )
+    # the shipped example config describes the same table
+    example = edgelog("schema", config=ROOT / "edgelog" / "example.toml", check=True)
+    assert example.stdout == result.stdout
+
+
+def test_the_schema_file_creates_the_table_the_logger_creates_by_itself(
+    mysql_proc: Any, logger_db: LoggerDB
+) -> None:
+    root = pymysql.connect(unix_socket=mysql_proc.unixsocket, user="root", autocommit=True)
+    try:
+        with root.cursor() as cur:
+            cur.execute("DROP DATABASE IF EXISTS `chapada_imperial`")
+            for statement in SCHEMA_FILE.read_text().split(";\n"):
+                if statement.strip():
+                    cur.execute(statement)
+            cur.execute("SHOW CREATE TABLE `chapada_imperial`.`medicoes`")
+            (_, from_file) = cur.fetchone()
+            cur.execute("DROP DATABASE `chapada_imperial`")
+    finally:
+        root.close()
+    config = MariaDBConfig(
+        user=logger_db.user,
+        password_file=logger_db.password_file,
+        unix_socket=logger_db.socket,
+        database=logger_db.database,
+    )
+    sink = MariaDBSink(config, "chapada-imperial")
+    sink.ensure_table(UNITS)
+    sink.close()
+    ((_, by_logger),) = logger_db.query(f"SHOW CREATE TABLE `{logger_db.database}`.`medicoes`")
+    assert from_file == by_logger
+
+
+# -- poll ------------------------------------------------------------------------------
+
+
+def test_poll_once_prints_the_twenty_values_with_units(tmp_path: Path, simulator: SimulatorThread) -> None:
+    config = write_config(tmp_path, '[mariadb]\nuser = "edgelog"\n', meter_toml(simulator.port))
+    result = edgelog("poll", "--once", "--json", config=config)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert list(data) == ["pac1"]
+    reading = data["pac1"]
+    assert reading["requests"] == 1
+    assert reading["measured_at"].endswith("Z")
+    assert list(reading["values"]) == COLUMNS
+    (served,) = simulator.sim.served  # exactly one request went out
+    for name, item in reading["values"].items():
+        assert item == {"value": served[name], "unit": UNITS[name]}, name
+    assert 100 < reading["values"]["tensao_l1_n"]["value"] < 150
+    assert 59 < reading["values"]["frequencia"]["value"] < 61
+    assert not (tmp_path / "buffer.sqlite3").exists()  # nothing is stored
+
+    text = edgelog("poll", "--once", config=config)
+    assert text.returncode == 0, text.stderr
+    assert "pac1  (" in text.stdout and "1 request(s)" in text.stdout
+    assert sum(line.strip().startswith(tuple(COLUMNS)) for line in text.stdout.splitlines()) == 20
+    assert len(simulator.sim.served) == 2
+
+
+def test_poll_once_fails_with_exit_1_when_the_meter_does_not_answer(
+    tmp_path: Path, simulator: SimulatorThread
+) -> None:
+    port = simulator.port
+    simulator.stop()
+    config = write_config(tmp_path, '[mariadb]\nuser = "edgelog"\n', meter_toml(port))
+    text = edgelog("poll", "--once", config=config, timeout=20)
+    assert text.returncode == 1
+    assert one_line(text.stdout).startswith("pac1: FAILED: ")
+    assert f"127.0.0.1:{port}" in text.stdout
+    result = edgelog("poll", "--once", "--json", config=config, timeout=20)
+    assert result.returncode == 1
+    data = json.loads(result.stdout)
+    assert set(data) == {"pac1"} and set(data["pac1"]) == {"error"}
+    assert data["pac1"]["error"]
+
+
+# -- sync-status and run -------------------------------------------------------------------
+
+
+def test_sync_status_during_and_after_a_run_with_mariadb_reachable(
+    tmp_path: Path, simulator: SimulatorThread, logger_db: LoggerDB
+) -> None:
+    config = write_config(tmp_path, logger_db.toml(), meter_toml(simulator.port, interval_s=0.2))
+    log = tmp_path / "run.log"
+    proc = start_edgelog("run", config=config, log=log)
+    try:
+        wait_for(lambda: "logging pac1" in log.read_text(), what="run to start")
+        wait_for(lambda: len(simulator.sim.served) >= 5, what="5 polls")
+        during = status(config)  # the buffer is open by `run` meanwhile
+        wait_for(lambda: len(simulator.sim.served) >= during["readings_total"] + 3, what="3 more polls")
+        later = status(config)
+        assert proc.poll() is None, log.read_text()
+    finally:
+        assert stop(proc) == 0, log.read_text()
+    assert during["readings_total"] >= 5 and later["readings_total"] > during["readings_total"]
+    assert during["mariadb_reachable"] is True and during["mariadb_error"] is None
+    assert later["last_reading_at"] >= during["last_reading_at"]
+
+    drained = edgelog("sync", "--drain", config=config, check=True)
+    assert drained.stdout.strip().endswith("; 0 unsent")
+    after = status(config)
+    assert after["unsent"] == 0 and after["oldest_unsent_at"] is None
+    assert after["readings_total"] == len(simulator.sim.served) > 0
+    assert after["sent_upto"] == after["readings_total"]
+    assert after["mariadb_reachable"] is True and after["mariadb_error"] is None
+    assert after["last_sync_at"] is not None and after["last_error"] is None
+    assert after["failed_polls_unsent"] == 0 and after["dropped_total"] == 0
+    assert after["path"] == str(tmp_path / "buffer.sqlite3") and len(after["buffer_id"]) == 16
+    assert after["size_bytes"] > 0
+    assert len(logger_db.rows()) == after["readings_total"]
+
+
+def test_sync_status_with_mariadb_unreachable_while_run_keeps_buffering(
+    tmp_path: Path, simulator: SimulatorThread, logger_db: LoggerDB
+) -> None:
+    config = write_config(tmp_path, unreachable_toml(logger_db), meter_toml(simulator.port, interval_s=0.2))
+    log = tmp_path / "run.log"
+    proc = start_edgelog("run", config=config, log=log)
+    try:
+        wait_for(lambda: "logging pac1" in log.read_text(), what="run to start")
+        first = wait_for(
+            lambda: (s := status(config))["last_error"] and s["readings_total"] >= 3 and s,
+            what="the worker to record its error",
+        )
+        wait_for(lambda: len(simulator.sim.served) >= first["readings_total"] + 3, what="3 more polls")
+        second = status(config)
+        assert proc.poll() is None, log.read_text()
+    finally:
+        assert stop(proc) == 0, log.read_text()
+    for s in (first, second):
+        assert s["mariadb_reachable"] is False
+        assert "127.0.0.1" in s["mariadb_error"] and "\n" not in s["mariadb_error"]
+        assert s["unsent"] == s["readings_total"] > 0
+        assert s["sent_upto"] == 0 and s["last_sync_at"] is None
+        assert s["oldest_unsent_at"] is not None
+    assert second["unsent"] > first["unsent"]  # readings kept arriving while MariaDB was down
+    after = status(config)
+    assert after["unsent"] == after["readings_total"] == len(simulator.sim.served)
+    assert after["last_error"] and "MariaDB" in after["last_error"]
+
+
+def test_sync_status_on_a_missing_buffer_exits_2_with_one_line(tmp_path: Path, logger_db: LoggerDB) -> None:
+    missing = tmp_path / "nowhere" / "buffer.sqlite3"
+    config = write_config(tmp_path, logger_db.toml(), meter_toml(5020), buffer=missing)
+    for args in (("sync-status",), ("sync-status", "--json")):
+        result = edgelog(*args, config=config)
+        assert result.returncode == 2
+        assert result.stdout == ""
+        line = one_line(result.stderr)
+        assert line.startswith("edgelog: error: ") and str(missing) in line
+    assert not missing.exists() and not missing.parent.exists()  # looking creates nothing
+
+
+# -- sync --drain ----------------------------------------------------------------------
+
+
+def test_sync_drain_sends_everything_and_exits_0(tmp_path: Path, logger_db: LoggerDB) -> None:
+    buffer_path = tmp_path / "buffer.sqlite3"
+    seqs = fill_buffer(buffer_path, 25)
+    config = write_config(tmp_path, logger_db.toml(batch_size=7), meter_toml(5020))
+    result = edgelog("sync", "--drain", config=config)
+    assert result.returncode == 0, result.stderr
+    assert one_line(result.stdout).startswith("sent 25 rows in ")
+    assert result.stdout.strip().endswith("; 0 unsent")
+    rows = logger_db.rows()
+    assert [r["seq"] for r in rows] == seqs
+    assert [r["tensao_l2_n"] for r in rows] == [k + 1 / 7 for k in range(25)]
+    after = status(config)
+    assert after["unsent"] == 0 and after["sent_upto"] == seqs[-1]
+
+    again = edgelog("sync", "--drain", config=config)  # nothing left: still success, no duplicates
+    assert again.returncode == 0 and "sent 0 rows" in again.stdout
+    assert len(logger_db.rows()) == 25
+
+    bare = edgelog("sync", config=config)
+    assert bare.returncode == 1 and "--drain" in one_line(bare.stderr)
+
+
+def test_sync_drain_exits_1_with_one_line_when_mariadb_is_unreachable(
+    tmp_path: Path, logger_db: LoggerDB
+) -> None:
+    fill_buffer(tmp_path / "buffer.sqlite3", 10)
+    config = write_config(tmp_path, unreachable_toml(logger_db), meter_toml(5020))
+    result = edgelog("sync", "--drain", config=config, timeout=30)
+    assert result.returncode == 1
+    line = one_line(result.stderr)
+    assert line.startswith("edgelog: error: MariaDB ") and "127.0.0.1" in line
+    assert logger_db.password_file.read_text().strip() not in line
+    after = status(config)
+    assert after["unsent"] == 10 and after["sent_upto"] == 0
+    assert after["last_error"] and after["last_error"] in line
+
+
+# -- run and signals -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_run_stops_cleanly_on_a_signal(
+    tmp_path: Path, simulator: SimulatorThread, logger_db: LoggerDB, sig: signal.Signals
+) -> None:
+    config = write_config(tmp_path, logger_db.toml(), meter_toml(simulator.port, interval_s=0.2))
+    log = tmp_path / "run.log"
+    proc: subprocess.Popen[bytes] = start_edgelog("run", config=config, log=log)
+    try:
+        wait_for(lambda: "logging pac1" in log.read_text(), what="run to start")
+        wait_for(lambda: len(simulator.sim.served) >= 3, what="3 polls")
+    finally:
+        code = stop(proc, sig)
+    text = log.read_text()
+    assert code == 0, text
+    assert f"received {sig.name}" in text and text.rstrip().endswith("stopped")
+    assert "Traceback" not in text
+    after = status(config)
+    # the poll in flight was finished and committed: one reading per answer served
+    assert after["readings_total"] == len(simulator.sim.served)
+    assert after["failed_polls_unsent"] == 0

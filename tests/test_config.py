@@ -1,0 +1,500 @@
+"""The config file: defaults, overrides, and an error naming file and key for every mistake.
+
+Also the real command line: a bad config is one line on stderr, exit status 2,
+and nothing is created on disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, edgelog
+
+from edgelog import config
+from edgelog.cli import build_parser
+from edgelog.errors import ConfigError
+from edgelog.profiles import PAC3100, Register
+
+RTU_METER = """\
+[[meters]]
+name = "pac1"
+transport = "rtu"
+device = "/dev/ttyUSB0"
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "edgelog.toml", mode: int = 0o600) -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    path.chmod(mode)
+    return path
+
+
+def document(
+    *,
+    top: str = "",
+    mariadb: str = "",
+    meter: str = "",
+    registers: str = "",
+    buffer: Path | None = None,
+) -> str:
+    """A valid config (one rtu meter) with extra lines added to each section."""
+    text = f'site = "usina"\n{top}\n'
+    if buffer is not None:
+        text += f'[buffer]\npath = "{buffer}"\n\n'
+    text += f'[mariadb]\nuser = "edgelog"\n{mariadb}\n\n{RTU_METER}{meter}\n'
+    if registers:
+        text += f"\n[[meters.registers]]\n{registers}\n"
+    return text
+
+
+def load_error(tmp_path: Path, text: str) -> str:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        config.load(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: "), message  # every error names the file
+    assert "\n" not in message
+    return message
+
+
+# -- a valid config ----------------------------------------------------------------------
+
+
+def test_minimal_config_gets_the_documented_defaults(tmp_path: Path) -> None:
+    path = write(tmp_path, document())
+    cfg = config.load(path)
+
+    assert cfg.path == path
+    assert cfg.site == "usina"
+    assert cfg.mariadb.user == "edgelog"
+    assert cfg.mariadb.database == "chapada_imperial"
+    assert cfg.mariadb.table == "medicoes"
+    assert (cfg.mariadb.host, cfg.mariadb.port) == ("localhost", 3306)
+    assert cfg.mariadb.password is None and cfg.mariadb.password_file is None
+    assert cfg.mariadb.read_password() is None
+    assert cfg.buffer == config.BufferConfig()
+    assert cfg.sync == config.SyncConfig()
+
+    (meter,) = cfg.meters
+    assert meter.name == "pac1" and meter.transport == "rtu" and meter.profile == "pac3100"
+    assert meter.device == "/dev/ttyUSB0"
+    # the PAC3100's factory settings: unit 126, 19200 baud, 8 data bits, no parity, 2 stop bits
+    assert meter.unit_id == 126
+    assert (meter.baudrate, meter.bytesize, meter.parity, meter.stopbits) == (19200, 8, "N", 2)
+    assert meter.registers == PAC3100.registers
+    assert meter.bus_key() == ("rtu", "/dev/ttyUSB0", 19200, 8, "N", 2)
+    assert list(cfg.columns()) == [r.name for r in PAC3100.registers]
+    assert cfg.columns()["frequencia"] == "Hz"
+
+
+def test_tcp_meter_defaults_to_port_502_and_takes_no_serial_keys(tmp_path: Path) -> None:
+    text = (
+        'site = "s"\n[mariadb]\nuser = "u"\n[[meters]]\nname = "gw"\ntransport = "tcp"\nhost = "10.0.0.7"\n'
+    )
+    meter = config.load(write(tmp_path, text)).meters[0]
+    assert (meter.host, meter.port, meter.unit_id, meter.device) == ("10.0.0.7", 502, 126, None)
+    assert meter.bus_key() == ("tcp", "10.0.0.7", 502)
+
+    message = load_error(tmp_path, text + "baudrate = 9600\n")
+    assert "[meters[0]] baudrate: unknown key" in message
+
+
+def test_meter_registers_override_a_profile_register_by_name_and_add_new_ones(tmp_path: Path) -> None:
+    text = document() + (
+        "\n[[meters.registers]]\n"
+        'name = "frequencia"\n'
+        "scale = 0.5\n"
+        'unit = "mHz"\n'
+        "\n[[meters.registers]]\n"
+        'name = "energia_ativa_importada"\n'
+        "address = 801\n"
+        'type = "float64"\n'
+        'function = "input"\n'
+        'word_order = "little"\n'
+        'unit = "Wh"\n'
+    )
+    meter = config.load(write(tmp_path, text)).meters[0]
+    by_name = {r.name: r for r in meter.registers}
+    assert len(meter.registers) == len(PAC3100.registers) + 1
+    # overridden: only the keys given change, the rest comes from the profile
+    assert by_name["frequencia"] == Register(
+        name="frequencia", address=39, type="float32", function="holding", scale=0.5, unit="mHz"
+    )
+    assert by_name["energia_ativa_importada"] == Register(
+        name="energia_ativa_importada",
+        address=801,
+        type="float64",
+        function="input",
+        word_order="little",
+        unit="Wh",
+    )
+    untouched = [r for r in meter.registers if r.name not in ("frequencia", "energia_ativa_importada")]
+    assert untouched == [r for r in PAC3100.registers if r.name != "frequencia"]
+
+
+def test_holding_and_input_registers_at_the_same_address_do_not_overlap(tmp_path: Path) -> None:
+    text = document(registers='name = "tensao_l1_n_fc4"\naddress = 1\nfunction = "input"\nunit = "V"')
+    meter = config.load(write(tmp_path, text)).meters[0]
+    assert {(r.name, r.function) for r in meter.registers if r.address == 1} == {
+        ("tensao_l1_n", "holding"),
+        ("tensao_l1_n_fc4", "input"),
+    }
+
+
+def test_the_shipped_example_config_is_valid_with_its_commented_parts_too(tmp_path: Path) -> None:
+    example = (ROOT / "edgelog" / "example.toml").read_text(encoding="utf-8")
+    cfg = config.load(write(tmp_path, example))
+    assert cfg.site == "chapada-imperial"
+    assert cfg.mariadb.password_file == Path("/etc/edgelog/mariadb.password")
+    (meter,) = cfg.meters
+    assert (meter.unit_id, meter.baudrate, meter.parity, meter.stopbits) == (126, 19200, "N", 2)
+    assert meter.registers == PAC3100.registers
+
+    # uncomment the second meter and the register example (lines "# key = ..." and "# [[...]]")
+    tail = example.split("A second PAC3100", 1)[1]
+    uncommented = "\n".join(re.findall(r"^# ((?:\[\[|[a-z_]+ = ).*)$", tail, flags=re.MULTILINE))
+    cfg = config.load(write(tmp_path, example + "\n" + uncommented))
+    assert [m.name for m in cfg.meters] == ["pac3100", "pac3100-b"]
+    assert cfg.meters[0].bus_key() == cfg.meters[1].bus_key()
+    assert cfg.meters[1].unit_id == 2
+    assert cfg.columns()["fator_potencia_l1"] == ""
+
+
+# -- errors name the file and the key --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("parts", "expected"),
+    [
+        ({"top": "sitee = 1"}, ": sitee: unknown key"),
+        ({"mariadb": 'hots = "db"'}, "[mariadb] hots: unknown key"),
+        ({"meter": "baud = 9600"}, "[meters[0]] baud: unknown key"),
+        ({"meter": 'host = "10.0.0.1"'}, "[meters[0]] host: unknown key"),  # a tcp key on an rtu meter
+        (
+            {"registers": 'name = "frequencia"\nadress = 40'},
+            "[meters[0].registers[0]] adress: unknown key",
+        ),
+        ({"top": "[sync]\ninterval = 5"}, "[sync] interval: unknown key"),
+    ],
+)
+def test_unknown_keys_are_errors_naming_the_key(tmp_path: Path, parts: dict[str, str], expected: str) -> None:
+    assert expected in load_error(tmp_path, document(**parts))
+
+
+@pytest.mark.parametrize(
+    ("parts", "expected"),
+    [
+        ({"mariadb": "port = 70000"}, "[mariadb] port: must be 1–65535, got 70000"),
+        ({"mariadb": "port = 0"}, "[mariadb] port: must be 1–65535, got 0"),
+        ({"mariadb": 'port = "abc"'}, '[mariadb] port: must be an integer, got "abc"'),
+        ({"mariadb": "batch_size = true"}, "[mariadb] batch_size: must be an integer, got True"),
+        ({"mariadb": "connect_timeout_s = -1"}, "[mariadb] connect_timeout_s: must be a positive number"),
+        (
+            {"mariadb": "ssl_verify_identity = 1"},
+            "[mariadb] ssl_verify_identity: must be true or false, got 1",
+        ),
+        ({"meter": 'parity = "X"'}, "[meters[0]] parity: must be one of 'N', 'E', 'O', got \"X\""),
+        ({"meter": "stopbits = 3"}, "[meters[0]] stopbits: must be 1–2, got 3"),
+        ({"meter": "baudrate = 12"}, "[meters[0]] baudrate: must be a baud rate"),
+        ({"meter": "unit_id = 300"}, "[meters[0]] unit_id: must be 0–247, got 300"),
+        ({"meter": "timeout_s = 0"}, "[meters[0]] timeout_s: must be 0.05–60, got 0.0"),
+        ({"meter": 'interval_s = "1"'}, '[meters[0]] interval_s: must be a number, got "1"'),
+        ({"meter": "interval_s = nan"}, "[meters[0]] interval_s: must be 0.05–86400, got nan"),
+        ({"meter": 'profile = "pac9999"'}, "[meters[0]] profile: unknown profile 'pac9999'"),
+        ({"meter": 'registers = "x"'}, '[meters[0]] registers: must be an array of tables, got "x"'),
+        ({"top": "[buffer]\nmax_mb = 0"}, "[buffer] max_mb: must be a positive number, got 0.0"),
+        ({"top": "[sync]\nbackoff_max_s = inf"}, "[sync] backoff_max_s: must be a positive number, got inf"),
+        (
+            {"registers": 'name = "frequencia"\ntype = "float16"'},
+            "[meters[0].registers[0]] type: must be one of 'int16', ",
+        ),
+        (
+            {"registers": 'name = "frequencia"\nscale = 0'},
+            "[meters[0].registers[0]] scale: must be a finite, non-zero number, got 0.0",
+        ),
+        (
+            {"registers": 'name = "frequencia"\naddress = 65535'},
+            "[meters[0].registers[0]] address: float32 at 65535 runs past 65535",
+        ),
+        ({"registers": 'name = "novo"'}, "[meters[0].registers[0]] address: is required"),
+        ({"mariadb": 'table = "medicoes; DROP TABLE x"'}, "[mariadb] table: must be a SQL identifier"),
+        ({"mariadb": 'database = "a`b"'}, "[mariadb] database: must be a SQL identifier"),
+    ],
+)
+def test_bad_values_give_one_line_naming_file_and_key(
+    tmp_path: Path, parts: dict[str, str], expected: str
+) -> None:
+    assert expected in load_error(tmp_path, document(**parts))
+
+
+def test_a_value_with_a_newline_is_shown_escaped_so_the_error_stays_one_line(tmp_path: Path) -> None:
+    message = load_error(tmp_path, document().replace('site = "usina"', 'site = "usina\\nnova"'))
+    assert "site: must be 1–64 letters, digits, '-', '_' or '.', got \"usina\\nnova\"" in message
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('[mariadb]\nuser = "u"\n' + RTU_METER, "site: is required"),
+        ('site = "s"\n' + RTU_METER, "[mariadb]: table is required"),
+        ('site = "s"\n[mariadb]\n' + RTU_METER, "[mariadb] user: is required"),
+        ('site = "s"\n[mariadb]\nuser = " "\n' + RTU_METER, '[mariadb] user: must not be empty, got " "'),
+        (
+            'site = "s"\n[mariadb]\nuser = "u"\n[[meters]]\nname = "m"\ntransport = "udp"\n',
+            "[meters[0]] transport: must be one of 'rtu', 'tcp', got \"udp\"",
+        ),
+        ('site = "s"\n[mariadb]\nuser = "u"\n', "meters: is required"),
+        ('site = "s"\nmeters = []\n[mariadb]\nuser = "u"\n', "meters: at least one [[meters]] table"),
+        ('site = "s"\nmariadb = 3\n' + RTU_METER, "[mariadb]: must be a table, got 3"),
+        ('site = "bad site"\n[mariadb]\nuser = "u"\n' + RTU_METER, "site: must be 1–64 letters"),
+        ('site = "s"\n[mariadb]\nuser = "u"\n[[meters]]\nname = "m"\n', "[meters[0]] transport: is required"),
+        (
+            'site = "s"\n[mariadb]\nuser = "u"\n[[meters]]\nname = "m"\ntransport = "rtu"\n',
+            "[meters[0]] device: is required",
+        ),
+    ],
+)
+def test_missing_required_parts_are_named(tmp_path: Path, text: str, expected: str) -> None:
+    assert expected in load_error(tmp_path, text)
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("x; DROP TABLE", 'must match [a-z][a-z0-9_]* (at most 63 characters), got "x; DROP TABLE"'),
+        ("Tensao", "must match [a-z][a-z0-9_]*"),
+        ("tensão", "must match [a-z][a-z0-9_]*"),
+        ("1fase", "must match [a-z][a-z0-9_]*"),
+        ("a" * 64, "must match [a-z][a-z0-9_]*"),
+        ("seq", "'seq' is reserved for edgelog's own columns"),
+        ("measured_at", "'measured_at' is reserved"),
+        ("meter", "'meter' is reserved"),
+    ],
+)
+def test_unsafe_column_names_are_rejected(tmp_path: Path, name: str, expected: str) -> None:
+    text = document(registers=f'name = "{name}"\naddress = 100')
+    message = load_error(tmp_path, text)
+    assert "[meters[0].registers[0]] name: " in message
+    assert expected in message
+
+
+def test_a_63_character_column_name_is_accepted(tmp_path: Path) -> None:
+    name = "a" * 63
+    cfg = config.load(write(tmp_path, document(registers=f'name = "{name}"\naddress = 100')))
+    assert name in cfg.columns()
+
+
+@pytest.mark.parametrize(
+    ("registers", "expected"),
+    [
+        # a new value inside tensao_l1_n (addresses 1-2)
+        ('name = "extra"\naddress = 2', "'tensao_l1_n' and 'extra' overlap at address 2"),
+        # widening a profile register into its neighbour
+        ('name = "tensao_l1_n"\ntype = "float64"', "'tensao_l1_n' and 'tensao_l2_n' overlap at address 3"),
+        # moving one onto another
+        ('name = "frequencia"\naddress = 37', "'corrente_neutro' and 'frequencia' overlap at address 37"),
+    ],
+)
+def test_overlapping_registers_are_rejected(tmp_path: Path, registers: str, expected: str) -> None:
+    message = load_error(tmp_path, document(registers=registers))
+    assert "[meters[0]] registers: " in message
+    assert expected in message
+
+
+def test_duplicate_meter_names_are_rejected(tmp_path: Path) -> None:
+    text = document() + "\n" + RTU_METER.replace("ttyUSB0", "ttyUSB1")
+    assert "meters: meter name 'pac1' is used twice" in load_error(tmp_path, text)
+
+
+def test_two_meters_must_agree_on_a_shared_columns_unit(tmp_path: Path) -> None:
+    second = (
+        RTU_METER.replace('"pac1"', '"pac2"') + '[[meters.registers]]\nname = "frequencia"\nunit = "mHz"\n'
+    )
+    message = load_error(tmp_path, document() + "\n" + second)
+    assert "column 'frequencia' has unit 'Hz' on meter 'pac1' but 'mHz' on meter 'pac2'" in message
+
+
+# -- secrets ---------------------------------------------------------------------------
+
+
+def test_password_and_password_file_together_are_rejected(tmp_path: Path) -> None:
+    secret = write(tmp_path, "s3cret\n", name="pw")
+    message = load_error(tmp_path, document(mariadb=f'password = "x"\npassword_file = "{secret}"'))
+    assert "[mariadb] password: give either password or password_file, not both" in message
+
+
+def test_password_file_readable_by_others_is_refused_with_a_chmod_hint(tmp_path: Path) -> None:
+    secret = write(tmp_path, "s3cret\n", name="pw", mode=0o644)
+    cfg = config.load(write(tmp_path, document(mariadb=f'password_file = "{secret}"')))
+    assert cfg.mariadb.password_file == secret
+
+    with pytest.raises(ConfigError) as info:
+        cfg.mariadb.read_password()
+    message = str(info.value)
+    assert f"[mariadb] password_file: {secret} is readable by every user (mode 0644)" in message
+    assert f"chmod 600 {secret}" in message
+    assert "s3cret" not in message
+
+    secret.chmod(0o600)
+    assert cfg.mariadb.read_password() == "s3cret"  # read at each call; the newline is dropped
+    secret.write_text("rotated\r\n")
+    assert cfg.mariadb.read_password() == "rotated"
+    secret.write_text("first line\n# the rest is not the password\n")
+    assert cfg.mariadb.read_password() == "first line"  # README: "(first line)"
+    secret.chmod(0o640)  # the group (e.g. edgelog) may read it
+    assert cfg.mariadb.read_password() == "first line"
+
+
+def test_a_missing_password_file_is_a_config_error(tmp_path: Path) -> None:
+    missing = tmp_path / "nope"
+    cfg = config.load(write(tmp_path, document(mariadb=f'password_file = "{missing}"')))
+    with pytest.raises(ConfigError, match=r"\[mariadb\] password_file: cannot read .*nope"):
+        cfg.mariadb.read_password()
+
+
+def test_a_password_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
+    secret = tmp_path / "pw"
+    secret.write_bytes(b"senha\xe7\n")
+    secret.chmod(0o600)
+    cfg = config.load(write(tmp_path, document(mariadb=f'password_file = "{secret}"')))
+    with pytest.raises(ConfigError, match=r"\[mariadb\] password_file: .*pw is not UTF-8 text"):
+        cfg.mariadb.read_password()
+
+
+def test_inline_password_in_a_world_readable_config_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, document(mariadb='password = "hunter2"'), mode=0o644)
+    with pytest.raises(ConfigError) as info:
+        config.load(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: [mariadb] password: ")
+    assert f"chmod 600 {path}" in message
+    assert "hunter2" not in message
+
+    path.chmod(0o600)
+    cfg = config.load(path)
+    assert cfg.mariadb.read_password() == "hunter2"
+    assert "hunter2" not in repr(cfg.mariadb) and "hunter2" not in repr(cfg)
+
+
+def test_a_world_readable_config_without_a_password_is_fine(tmp_path: Path) -> None:
+    assert config.load(write(tmp_path, document(), mode=0o644)).site == "usina"
+
+
+def test_unreadable_and_invalid_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"missing\.toml: cannot read config: No such file"):
+        config.load(tmp_path / "missing.toml")
+    assert "not valid TOML" in load_error(tmp_path, 'site = "s\n')
+    bad_utf8 = tmp_path / "latin1.toml"
+    bad_utf8.write_bytes('site = "usinação"\n'.encode("latin-1"))
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        config.load(bad_utf8)
+
+
+# -- the path ------------------------------------------------------------------------
+
+
+def test_config_path_is_option_then_environment_then_etc(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(config.ENV_VAR, raising=False)
+    assert config.resolve_path(None) == Path("/etc/edgelog/edgelog.toml")
+    monkeypatch.setenv("EDGELOG_CONFIG", "")
+    assert config.resolve_path(None) == Path("/etc/edgelog/edgelog.toml")
+    monkeypatch.setenv("EDGELOG_CONFIG", "/srv/from-env.toml")
+    assert config.resolve_path(None) == Path("/srv/from-env.toml")
+    assert config.resolve_path("given.toml") == Path("given.toml")
+
+
+def test_cli_reads_the_config_named_by_the_environment(tmp_path: Path) -> None:
+    missing = tmp_path / "from-env.toml"
+    env = {**os.environ, "EDGELOG_CONFIG": str(missing), "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(
+        [sys.executable, "-m", "edgelog", "schema"], capture_output=True, text=True, env=env, timeout=30
+    )
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"edgelog: error: {missing}: cannot read config: No such file or directory"
+    ]
+
+    write(tmp_path, document(), name="from-env.toml")
+    result = subprocess.run(
+        [sys.executable, "-m", "edgelog", "schema"], capture_output=True, text=True, env=env, timeout=30
+    )
+    assert result.returncode == 0, result.stderr
+    assert "CREATE TABLE" in result.stdout and "`chapada_imperial`" in result.stdout
+
+
+# -- the real command line with a bad config -----------------------------------------
+
+
+@pytest.mark.parametrize("command", ["schema", "run"])
+@pytest.mark.parametrize(
+    ("parts", "expected"),
+    [
+        ({"mariadb": 'hots = "db"'}, "[mariadb] hots: unknown key"),
+        ({"mariadb": 'port = "abc"'}, '[mariadb] port: must be an integer, got "abc"'),
+        ({"registers": 'name = "x; DROP TABLE"\naddress = 100'}, "name: must match"),
+        ({"registers": 'name = "a\\nb"\naddress = 100'}, "name: must match [a-z][a-z0-9_]*"),
+        ({"top": "= broken"}, "not valid TOML"),
+    ],
+)
+def test_cli_bad_config_is_one_line_exit_2_and_writes_nothing(
+    tmp_path: Path, command: str, parts: dict[str, str], expected: str
+) -> None:
+    buffer = tmp_path / "state" / "buffer.sqlite3"
+    path = write(tmp_path, document(buffer=buffer, **parts))
+    result = edgelog(command, config=path, timeout=30)
+
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"edgelog: error: {path}: ")
+    assert expected in lines[0]
+    assert result.stdout == ""
+    assert not buffer.exists() and not buffer.parent.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["edgelog.toml"]
+
+
+def test_cli_missing_config_is_exit_2(tmp_path: Path) -> None:
+    result = edgelog("run", config=tmp_path / "absent.toml", timeout=30)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"edgelog: error: {tmp_path / 'absent.toml'}: cannot read config: No such file or directory"
+    ]
+    assert list(tmp_path.iterdir()) == []
+
+
+# -- help text -----------------------------------------------------------------------
+
+
+def test_every_subcommand_and_option_has_help_text() -> None:
+    parser = build_parser()
+    (subparsers,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    helps = {action.dest: action.help for action in subparsers._choices_actions}
+    assert set(helps) == set(subparsers.choices)
+    assert {"run", "poll", "sync-status", "sync", "simulate", "schema"} <= set(helps)
+
+    top_help = " ".join(parser.format_help().split())  # argparse wraps long lines
+    for name, sub in subparsers.choices.items():
+        assert helps[name] and len(helps[name]) > 15, f"{name} has no help"
+        assert sub.description, f"{name} has no description"
+        assert name in top_help and helps[name] in top_help
+        for action in sub._actions:
+            assert action.help, f"{name} {action.option_strings} has no help"
+    for action in parser._actions:
+        if not isinstance(action, argparse._SubParsersAction):
+            assert action.help, f"{action.option_strings} has no help"
+
+
+def test_help_runs_without_a_config(tmp_path: Path) -> None:
+    result = edgelog("--help", timeout=30)
+    assert result.returncode == 0
+    assert "--config" in result.stdout and "EDGELOG_CONFIG" in result.stdout
+    assert "/etc/edgelog/edgelog.toml" in result.stdout
+    result = edgelog("schema", "--help", timeout=30)
+    assert result.returncode == 0 and "CREATE TABLE" in result.stdout

@@ -1,0 +1,283 @@
+"""Modbus RTU framing over a real serial line: a socat pty pair between edgelog and the simulator.
+
+socat's hex dump (-x) shows the bytes on the line, so the frames are checked
+independently of pymodbus: address, function, CRC, and the values themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+import struct
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pymodbus import FramerType
+from pymodbus.server import ModbusSerialServer, ModbusTcpServer
+
+from edgelog import config
+from edgelog.errors import MeterTimeout
+from edgelog.meter import close_meters, open_meters
+from edgelog.profiles import PAC3100
+from edgelog.simulate import Pac3100Simulator, SimulatorThread, answer_only
+
+pytestmark = pytest.mark.skipif(shutil.which("socat") is None, reason="socat is not installed")
+
+NAMES = [r.name for r in PAC3100.registers]
+DUMP_HEADER = re.compile(r"^([<>]) \S+ \S+\s+length=(\d+)")
+
+
+@dataclass
+class SerialLine:
+    """Two ends of a null-modem cable made by socat; `log` holds socat's hex dump."""
+
+    a: Path  # edgelog's end
+    b: Path  # the meter's end
+    log: Path
+
+    def traffic(self) -> tuple[bytes, bytes]:
+        """All bytes sent a -> b and b -> a so far, from socat's -x dump."""
+        sent = {">": bytearray(), "<": bytearray()}
+        direction = None
+        for line in self.log.read_text(errors="replace").splitlines():
+            if header := DUMP_HEADER.match(line):
+                direction = header[1]
+            elif direction and line.startswith(" "):
+                sent[direction] += bytes.fromhex(line)
+                direction = None
+        return bytes(sent[">"]), bytes(sent["<"])
+
+    def wait_traffic(self, a_to_b: int, b_to_a: int, timeout: float = 3.0) -> tuple[bytes, bytes]:
+        deadline = time.monotonic() + timeout
+        while True:
+            out, back = self.traffic()
+            if (len(out) >= a_to_b and len(back) >= b_to_a) or time.monotonic() > deadline:
+                return out, back
+            time.sleep(0.02)
+
+
+@pytest.fixture
+def line(tmp_path: Path) -> Iterator[SerialLine]:
+    a, b, log = tmp_path / "ttyA", tmp_path / "ttyB", tmp_path / "socat.log"
+    with log.open("wb") as stderr:
+        proc = subprocess.Popen(
+            [
+                "socat",
+                "-d",
+                "-d",
+                "-x",
+                f"pty,raw,echo=0,link={a}",
+                f"pty,raw,echo=0,link={b}",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+    try:
+        deadline = time.monotonic() + 5
+        while not (a.exists() and b.exists()):
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "socat did not create the pty links"
+            time.sleep(0.02)
+        yield SerialLine(a, b, log)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+    assert proc.returncode is not None
+
+
+def crc16(frame: bytes) -> bytes:
+    """Modbus RTU CRC (poly 0xA001 reflected, init 0xFFFF), low byte first."""
+    crc = 0xFFFF
+    for byte in frame:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
+    return crc.to_bytes(2, "little")
+
+
+def test_crc16_matches_the_modbus_specification_example() -> None:
+    # Modbus over serial line spec, 6.2.2: 02 07 -> CRC 41 12 (sent as 0x41, 0x12)
+    assert crc16(bytes([0x02, 0x07])) == bytes([0x41, 0x12])
+
+
+def rtu_config(device: str | Path, name: str = "pac1", **extra: Any) -> config.MeterConfig:
+    """An rtu meter through the real parser: PAC3100 factory line settings unless told."""
+    meter = {"name": name, "transport": "rtu", "device": str(device), "timeout_s": 0.3, **extra}
+    return config.parse({"site": "test", "mariadb": {"user": "u"}, "meters": [meter]}).meters[0]
+
+
+def read_request_frame(unit: int, function: int, address: int, count: int) -> bytes:
+    pdu = struct.pack(">BBHH", unit, function, address, count)
+    return pdu + crc16(pdu)
+
+
+def test_rtu_read_over_a_serial_line(line: SerialLine) -> None:
+    server = SimulatorThread(Pac3100Simulator(), rtu_device=str(line.b)).start()
+    cfg = rtu_config(line.a)
+    assert (cfg.unit_id, cfg.baudrate, cfg.bytesize, cfg.parity, cfg.stopbits) == (126, 19200, 8, "N", 2)
+    (meter,) = open_meters([cfg])
+    try:
+        reading = meter.read()
+        served = server.sim.served[-1]
+        assert server.sim.requests == 1
+        assert reading.values == served
+
+        # the bytes on the line: one request, one answer, both valid RTU frames
+        request = read_request_frame(126, 0x03, 1, 40)
+        assert request == bytes.fromhex("7E 03 00 01 00 28 1F DB")  # README's worked example
+        out, back = line.wait_traffic(len(request), 3 + 80 + 2)
+        assert out == request
+        assert back[:3] == bytes([126, 0x03, 80])
+        assert len(back) == 85 and back[-2:] == crc16(back[:-2])
+        on_the_wire = struct.unpack(">20f", back[3:83])  # high word first
+        assert dict(zip(NAMES, on_the_wire, strict=True)) == served
+    finally:
+        close_meters([meter])
+        server.stop()
+
+
+def test_the_simulator_stays_silent_for_other_units_on_the_line(line: SerialLine) -> None:
+    server = SimulatorThread(Pac3100Simulator(), rtu_device=str(line.b)).start()
+    meters = open_meters([rtu_config(line.a), rtu_config(line.a, name="wrong", unit_id=5)])
+    right, wrong = meters
+    try:
+        started = time.monotonic()
+        with pytest.raises(MeterTimeout, match=r"no answer from unit 5 on .*ttyA \(19200 8N2\)"):
+            wrong.read()
+        assert time.monotonic() - started >= 0.25
+        assert server.sim.requests == 0  # the request reached the line, not the meter
+        out, back = line.wait_traffic(8, 0)
+        assert out == read_request_frame(5, 0x03, 1, 40) and back == b""  # nobody answered
+
+        assert right.read().values == server.sim.served[-1]
+        assert server.sim.requests == 1
+    finally:
+        close_meters(meters)
+        server.stop()
+
+
+class ServerThread:
+    """A pymodbus server built by `make` (inside its own event loop) in a background thread."""
+
+    def __init__(self, make: Callable[[], Any]):
+        self.make = make
+        self.server: Any = None
+        self.loop = asyncio.new_event_loop()
+        self.ready = threading.Event()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._main, daemon=True)
+
+    async def _serve(self) -> None:
+        self.server = self.make()
+        await self.server.serve_forever(background=True)
+        self.ready.set()
+        try:
+            await self.server.serving
+        finally:
+            await self.server.shutdown()
+
+    def _main(self) -> None:
+        try:
+            self.loop.run_until_complete(self._serve())
+        except BaseException as exc:
+            self.error = exc
+            self.ready.set()
+        finally:
+            self.loop.close()
+
+    def __enter__(self) -> ServerThread:
+        self.thread.start()
+        assert self.ready.wait(10) and self.error is None, self.error
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.server is not None and self.loop.is_running():
+            asyncio.run_coroutine_threadsafe(self.server.shutdown(), self.loop).result(10)
+        self.thread.join(10)
+        assert not self.thread.is_alive()
+
+
+def test_two_meters_on_one_line_share_a_bus_and_a_wrong_unit_only_times_out(line: SerialLine) -> None:
+    sim126, sim2 = Pac3100Simulator(unit_id=126), Pac3100Simulator(unit_id=2)
+    sim2.override = {"frequencia": 50.0}  # tell the two answers apart
+    serial = PAC3100.serial
+
+    def make() -> ModbusSerialServer:
+        return ModbusSerialServer(
+            [sim126.device(), sim2.device()],
+            framer=FramerType.RTU,
+            port=str(line.b),
+            baudrate=serial.baudrate,
+            bytesize=serial.bytesize,
+            parity=serial.parity,
+            stopbits=serial.stopbits,
+            trace_pdu=answer_only({126, 2}),  # as on RS485: no answer for unit 7
+        )
+
+    with ServerThread(make):
+        meters = open_meters(
+            [
+                rtu_config(line.a, name="pac126"),
+                rtu_config(line.a, name="pac2", unit_id=2),
+                rtu_config(line.a, name="absent", unit_id=7),
+            ]
+        )
+        m126, m2, absent = meters
+        try:
+            assert m126.bus is m2.bus is absent.bus
+            first = m126.read()
+            assert first.values == sim126.served[-1]
+            second = m2.read()
+            assert second.values == sim2.served[-1]
+            assert second.values["frequencia"] == 50.0 != first.values["frequencia"]
+            assert (sim126.requests, sim2.requests) == (1, 1)
+
+            with pytest.raises(MeterTimeout, match="no answer from unit 7"):
+                absent.read()
+            assert (sim126.requests, sim2.requests) == (1, 1)
+
+            again = m126.read()  # the line still works after the timeout
+            assert again.values == sim126.served[-1]
+            assert m2.read().values == sim2.served[-1]
+            assert (sim126.requests, sim2.requests) == (2, 2)
+            assert m126.bus.requests_sent == 5
+
+            out, _ = line.wait_traffic(5 * 8, 0)
+            assert out == b"".join(read_request_frame(unit, 0x03, 1, 40) for unit in (126, 2, 7, 126, 2))
+        finally:
+            close_meters(meters)
+
+
+def test_an_rtu_meter_behind_a_tcp_serial_server_via_a_pyserial_url() -> None:
+    """`device = "socket://host:port"`: RTU frames over TCP (a transparent RS485-Ethernet converter)."""
+    sim = Pac3100Simulator()
+    with ServerThread(
+        lambda: ModbusTcpServer(sim.device(), address=("127.0.0.1", 0), framer=FramerType.RTU)
+    ) as server:
+        port = server.server.transport.sockets[0].getsockname()[1]
+        (meter,) = open_meters([rtu_config(f"socket://127.0.0.1:{port}", timeout_s=3.0)])
+        try:
+            for n in (1, 2):
+                assert meter.read().values == sim.served[-1]
+                assert sim.requests == n
+        finally:
+            close_meters([meter])
+    # the server is gone: nobody listens on that port any more
+    (gone,) = open_meters([rtu_config(f"socket://127.0.0.1:{port}")])
+    try:
+        with pytest.raises(MeterTimeout, match=f"socket://127.0.0.1:{port}"):
+            gone.read()
+    finally:
+        close_meters([gone])
