@@ -154,6 +154,20 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """Check everything on site: config, serial device, meters, buffer, MariaDB, clock, service."""
+    from . import doctor
+
+    checks = []
+    for check in doctor.run(config_mod.resolve_path(args.config)):
+        print(check.line(), flush=True)
+        checks.append(check)
+    failed = sum(c.status == "FAIL" for c in checks)
+    warned = sum(c.status == "WARN" for c in checks)
+    print(f"{len(checks)} checks: {failed} failed, {warned} warnings")
+    return 1 if failed else 0
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     """Print the MariaDB DDL (CREATE DATABASE and CREATE TABLE) for this config."""
     cfg = _load(args)
@@ -214,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="serve Modbus RTU on this serial device instead of TCP")
     p.add_argument("--baudrate", type=int, default=None, help="RTU baud rate (default 19200)")
     add("schema", cmd_schema)
+    add("doctor", cmd_doctor)
     return parser
 
 

@@ -183,6 +183,8 @@ def _privileges(grants: list[str], database: str) -> set[str]:
         have |= {p.strip().upper() for p in privs if p.strip().upper() != "USAGE"}
         if "WITH GRANT OPTION" in grant:
             have.add("GRANT OPTION")
+    if "ALL PRIVILEGES" in have:
+        have |= NEEDED | {"DELETE", "DROP"}
     return have
 
 

@@ -160,6 +160,7 @@ def test_install_into_a_throwaway_root_then_upgrade_then_uninstall(tmp_path: Pat
     assert (root / "etc/systemd/system/edgelog.service").read_text() == (
         ROOT / "systemd/edgelog.service"
     ).read_text()
+    assert os.readlink(root / "usr/local/bin/edgelog") == "/opt/edgelog/venv/bin/edgelog"
     edgelog_bin = root / "opt/edgelog/venv/bin/edgelog"
     version = subprocess.run([str(edgelog_bin), "--version"], capture_output=True, text=True, check=True)
     assert version.stdout.startswith("edgelog ")
@@ -183,4 +184,5 @@ def test_install_into_a_throwaway_root_then_upgrade_then_uninstall(tmp_path: Pat
     gone = subprocess.run([str(INSTALL), "--uninstall"], env=env, capture_output=True, text=True)
     assert gone.returncode == 0, gone.stderr
     assert not (root / "opt/edgelog").exists() and not (root / "etc/systemd/system/edgelog.service").exists()
+    assert not (root / "usr/local/bin/edgelog").is_symlink()
     assert (state / "buffer.sqlite3").exists() and (etc / "edgelog.toml").exists()

@@ -1,0 +1,75 @@
+"""`edgelog doctor` against the real things: a simulator, a real MariaDB, real files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from conftest import edgelog, meter_toml, start_edgelog, stop, wait_for, write_config
+
+
+def _lines(out: str) -> dict[str, str]:
+    """check name -> its status, from doctor's output."""
+    result = {}
+    for line in out.splitlines():
+        parts = line.split(None, 1)
+        if parts and parts[0] in ("OK", "WARN", "FAIL"):
+            name = parts[1][:16].strip()
+            result[name] = parts[0]
+    return result
+
+
+def test_doctor_on_a_healthy_site(tmp_path: Path, simulator, logger_db) -> None:
+    config = write_config(tmp_path, logger_db.toml(), meter_toml(simulator.port, interval_s=0.2))
+    proc = start_edgelog("run", config=config, log=tmp_path / "run.log")
+    try:
+        wait_for(lambda: (tmp_path / "buffer.sqlite3").exists() and len(simulator.sim.served) > 3)
+    finally:
+        assert stop(proc) == 0
+    result = edgelog("doctor", config=config)
+    checks = _lines(result.stdout)
+    assert checks["config"] == "OK"
+    assert checks["meter pac1"] == "OK"
+    assert "20 values in 1 request(s)" in result.stdout and "frequencia=" in result.stdout
+    assert checks["buffer"] == "OK" and "quick_check ok" in result.stdout
+    assert checks["mariadb"] == "OK" and "exactly the privileges it needs" in result.stdout
+    assert checks["clock"] in ("OK", "WARN") and checks["service"] in ("OK", "WARN", "FAIL")
+    failed = [name for name, status in checks.items() if status == "FAIL" and name != "service"]
+    assert failed == [], result.stdout
+    assert result.returncode == (1 if checks["service"] == "FAIL" else 0)
+
+
+def test_doctor_names_each_problem_and_what_to_do(tmp_path: Path, simulator, logger_db) -> None:
+    rtu = '[[meters]]\nname = "rtu1"\ntransport = "rtu"\ndevice = "/dev/ttyNOPE9"\n'
+    closed = meter_toml(1, name="gone")  # nothing listens on port 1
+    config = write_config(tmp_path, logger_db.toml(), closed, rtu)
+    logger_db.query(f"REVOKE ALTER ON `{logger_db.database}`.* FROM '{logger_db.user}'@'localhost'")
+    result = edgelog("doctor", config=config)
+    checks = _lines(result.stdout)
+    assert result.returncode == 1
+    assert checks["serial device"] == "FAIL" and "/dev/ttyNOPE9 does not exist" in result.stdout
+    assert checks["meter gone"] == "FAIL" and "check that 127.0.0.1:1 answers" in result.stdout
+    assert checks["meter rtu1"] == "FAIL" and "on the PAC3100 front panel: address 126" in result.stdout
+    assert checks["mariadb"] == "FAIL" and "missing ALTER" in result.stdout
+    assert checks["buffer"] == "WARN"  # not created yet
+
+
+def test_doctor_warns_about_a_user_with_too_many_privileges(tmp_path: Path, simulator, logger_db) -> None:
+    config = write_config(tmp_path, logger_db.toml(), meter_toml(simulator.port))
+    logger_db.query(f"GRANT ALL ON `{logger_db.database}`.* TO '{logger_db.user}'@'localhost'")
+    result = edgelog("doctor", config=config)
+    assert _lines(result.stdout)["mariadb"] == "WARN"
+    assert "DELETE" in result.stdout and "DROP" in result.stdout
+
+
+def test_doctor_fails_on_a_readable_password_file_and_a_bad_config(tmp_path: Path, simulator, logger_db):
+    config = write_config(tmp_path, logger_db.toml(), meter_toml(simulator.port))
+    logger_db.password_file.chmod(0o644)
+    result = edgelog("doctor", config=config)
+    assert _lines(result.stdout)["mariadb"] == "FAIL" and "chmod 600" in result.stdout
+    password = logger_db.password_file.read_text().strip()
+    assert password not in result.stdout + result.stderr
+
+    config.write_text(config.read_text() + "\nsurprise = 1\n")
+    bad = edgelog("doctor", config=config)
+    assert bad.returncode == 1
+    assert _lines(bad.stdout)["config"] == "FAIL" and "surprise: unknown key" in bad.stdout
