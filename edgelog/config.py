@@ -42,6 +42,9 @@ class BufferConfig:
     max_mb: float = 512.0
     #: Sent rows are kept this long for local inspection, then pruned.
     keep_sent_days: float = 7.0
+    #: Full of unsent rows (max_mb or the disk): "drop_oldest" unsent rows to keep
+    #: logging, or "drop_newest" (keep the backlog, refuse new readings). Both counted.
+    when_full: str = "drop_oldest"
 
 
 @dataclass(frozen=True)
@@ -73,7 +76,7 @@ class MariaDBConfig:
             return self.password
         if self.password_file is None:
             return None
-        check_private_file(self.password_file, "[mariadb] password_file")
+        check_private_file(self.password_file, "[mariadb] password_file", owner_only=True)
         try:
             text = self.password_file.read_text(encoding="utf-8")
         except OSError as exc:
@@ -91,6 +94,16 @@ class SyncConfig:
     interval_s: float = 5.0
     backoff_initial_s: float = 1.0
     backoff_max_s: float = 300.0
+    #: A row MariaDB rejects in this many sync rounds (while rows around it go in) is quarantined.
+    quarantine_after: int = 3
+
+
+@dataclass(frozen=True)
+class ClockConfig:
+    #: clock_ok = 0 while the kernel says the clock is not synchronised (NTP/chrony). Set false
+    #: only where the time comes from elsewhere (an RTC, no time sync): then only implausible
+    #: times and backward steps (see docs/guarantees.md) mark readings clock_ok = 0.
+    require_sync: bool = True
 
 
 @dataclass(frozen=True)
@@ -128,6 +141,7 @@ class Config:
     buffer: BufferConfig = BufferConfig()
     sync: SyncConfig = SyncConfig()
     path: Path | None = None
+    clock: ClockConfig = ClockConfig()
 
     def columns(self) -> dict[str, str]:
         """Every register column any meter writes, name -> unit, in first-seen order."""
@@ -147,16 +161,22 @@ def resolve_path(cli_value: str | None) -> Path:
     return DEFAULT_PATH
 
 
-def check_private_file(path: Path, what: str) -> None:
-    """Refuse a secret that users other than the owner (and group) can read."""
+def check_private_file(path: Path, what: str, owner_only: bool = False) -> None:
+    """Refuse a secret that other users can read. With `owner_only` (a password
+    file), the group may not read it either: only the service user may."""
     try:
         mode = path.stat().st_mode
     except OSError as exc:
         raise ConfigError(f"{what}: cannot read {path}: {exc.strerror}") from None
     if mode & stat.S_IROTH:
-        raise ConfigError(
-            f"{what}: {path} is readable by every user (mode {stat.S_IMODE(mode):04o}); run: chmod 600 {path}"
-        )
+        who = "every user"
+    elif owner_only and mode & stat.S_IRGRP:
+        who = "its group"
+    else:
+        return
+    raise ConfigError(
+        f"{what}: {path} is readable by {who} (mode {stat.S_IMODE(mode):04o}); run: chmod 600 {path}"
+    )
 
 
 def load(path: Path) -> Config:
@@ -182,6 +202,7 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Config:
     buffer = _parse_buffer(top.table("buffer"))
     mariadb = _parse_mariadb(top.table("mariadb", required=True))
     sync = _parse_sync(top.table("sync"))
+    clock = _parse_clock(top.table("clock"))
     meter_tables = top.get("meters", list)
     if not meter_tables:
         raise top.error("meters", "at least one [[meters]] table is required")
@@ -195,7 +216,7 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Config:
         if names.count(name) > 1:
             raise top.error("meters", f"meter name {name!r} is used twice")
     _check_column_units(source, meters)
-    return Config(site=site, meters=meters, mariadb=mariadb, buffer=buffer, sync=sync)
+    return Config(site=site, meters=meters, mariadb=mariadb, buffer=buffer, sync=sync, clock=clock)
 
 
 def _parse_buffer(t: _Table) -> BufferConfig:
@@ -204,6 +225,7 @@ def _parse_buffer(t: _Table) -> BufferConfig:
         path=Path(t.get("path", str, d.path.as_posix())),
         max_mb=t.get("max_mb", float, d.max_mb, check=_positive),
         keep_sent_days=t.get("keep_sent_days", float, d.keep_sent_days, check=_non_negative),
+        when_full=t.get("when_full", str, d.when_full, check=_one_of("drop_oldest", "drop_newest")),
     )
     t.done()
     return cfg
@@ -241,7 +263,14 @@ def _parse_sync(t: _Table) -> SyncConfig:
         interval_s=t.get("interval_s", float, 5.0, check=_positive),
         backoff_initial_s=t.get("backoff_initial_s", float, 1.0, check=_positive),
         backoff_max_s=t.get("backoff_max_s", float, 300.0, check=_positive),
+        quarantine_after=t.get("quarantine_after", int, 3, check=_range(1, 1000)),
     )
+    t.done()
+    return cfg
+
+
+def _parse_clock(t: _Table) -> ClockConfig:
+    cfg = ClockConfig(require_sync=t.get("require_sync", bool, True))
     t.done()
     return cfg
 

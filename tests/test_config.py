@@ -348,8 +348,6 @@ def test_password_file_readable_by_others_is_refused_with_a_chmod_hint(tmp_path:
     assert cfg.mariadb.read_password() == "rotated"
     secret.write_text("first line\n# the rest is not the password\n")
     assert cfg.mariadb.read_password() == "first line"  # README: "(first line)"
-    secret.chmod(0o640)  # the group (e.g. edgelog) may read it
-    assert cfg.mariadb.read_password() == "first line"
 
 
 def test_a_missing_password_file_is_a_config_error(tmp_path: Path) -> None:
@@ -498,3 +496,14 @@ def test_help_runs_without_a_config(tmp_path: Path) -> None:
     assert "/etc/edgelog/edgelog.toml" in result.stdout
     result = edgelog("schema", "--help", timeout=30)
     assert result.returncode == 0 and "CREATE TABLE" in result.stdout
+
+
+def test_a_group_readable_password_file_is_refused_too(tmp_path: Path) -> None:
+    secret = tmp_path / "pw"
+    secret.write_text("s3cret\n")
+    secret.chmod(0o640)
+    cfg = config.MariaDBConfig(user="edgelog", password_file=secret)
+    with pytest.raises(ConfigError, match=r"readable by its group \(mode 0640\); run: chmod 600"):
+        cfg.read_password()
+    secret.chmod(0o600)
+    assert cfg.read_password() == "s3cret"
