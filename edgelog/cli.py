@@ -15,7 +15,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from . import __version__
@@ -23,6 +23,7 @@ from . import config as config_mod
 from .buffer import Buffer
 from .clock import utc_text
 from .errors import EdgelogError, MeterError
+from .progress import Progress
 from .sync import MariaDBSink, SyncWorker, create_table_sql
 
 log = logging.getLogger("edgelog")
@@ -81,43 +82,47 @@ def cmd_poll(args: argparse.Namespace) -> int:
 
 
 def cmd_sync_status(args: argparse.Namespace) -> int:
-    """Show what is waiting to be sent, and whether MariaDB answers now."""
+    """Is the logger healthy? Meters, buffer, backlog, MariaDB, clock. Exit 0 healthy, 1 degraded."""
+    from . import human, status
+
+    health = status.evaluate(_load(args), max_lag_s=args.max_lag, silent_intervals=args.max_silence)
+    if args.json:
+        print(json.dumps(health.to_json(), indent=2, allow_nan=False))
+    else:
+        print(status.render(health, colour=human.use_colour(sys.stdout)))
+    return health.exit_status
+
+
+def _retry_quarantined(args: argparse.Namespace) -> int:
+    """Send the quarantined rows again; 0 when MariaDB took them all."""
     cfg = _load(args)
     buffer = Buffer(cfg.buffer.path, create=False)
-    try:
-        status = asdict(buffer.status())
-    finally:
-        buffer.close()
     sink = MariaDBSink(cfg.mariadb, cfg.site)
+    worker = SyncWorker(buffer, sink, cfg.columns(), cfg.mariadb.batch_size, cfg.sync)
     try:
-        sink.ping()
-        status["mariadb_reachable"], status["mariadb_error"] = True, None
-    except EdgelogError as exc:
-        status["mariadb_reachable"], status["mariadb_error"] = False, str(exc)
+        sent, still = worker.retry_quarantined()
     finally:
         sink.close()
-    for key in ("oldest_unsent_at", "last_reading_at", "last_sync_at", "last_error_at"):
-        status[key] = _iso(status[key])
-    if args.json:
-        print(json.dumps(status, indent=2))
-        return 0
-    width = max(map(len, status))
-    for key, value in status.items():
-        print(f"{key:<{width}}  {'-' if value is None else value}")
-    return 0
+        buffer.close()
+    print(f"sent {sent} quarantined rows; {still} still refused")
+    return 0 if still == 0 else 1
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
     """Forward everything buffered now to MariaDB, then exit (0 when nothing is left)."""
+    retried = _retry_quarantined(args) if args.retry_quarantined else None
     if not args.drain:
-        raise EdgelogError("sync: say --drain (forward everything buffered now, then exit)")
+        if retried is not None:
+            return retried
+        raise EdgelogError("sync: say --drain (send everything now, then exit) or --retry-quarantined")
     cfg = _load(args)
     buffer = Buffer(cfg.buffer.path, create=False)
     sink = MariaDBSink(cfg.mariadb, cfg.site)
     worker = SyncWorker(buffer, sink, cfg.columns(), cfg.mariadb.batch_size, cfg.sync)
     try:
         started = time.monotonic()
-        sent = worker.drain()
+        with Progress("sync", total=buffer.status().unsent) as progress:
+            sent = worker.drain(progress=progress.update)
         left = buffer.status().unsent
     except EdgelogError as exc:
         buffer.record_sync_error(str(exc))
@@ -132,9 +137,10 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     """Serve a simulated PAC3100 over Modbus TCP (or RTU with --device)."""
+    from .profiles import PAC3100_ENERGIA
     from .simulate import Pac3100Simulator
 
-    sim = Pac3100Simulator(unit_id=args.unit)
+    sim = Pac3100Simulator(unit_id=args.unit, profile=PAC3100_ENERGIA)  # all a real PAC3100 serves
     where = args.device or f"{args.host}:{args.port}"
 
     def started(_server: object) -> None:
@@ -168,6 +174,43 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """Readings between two instants, from MariaDB (or the local buffer) to CSV or Parquet."""
+    from . import export
+
+    cfg = _load(args)
+    query = export.Query(
+        start=export.parse_instant(args.start, "--from"),
+        end=export.parse_instant(args.end, "--to") if args.end else time.time(),
+        site=args.site or cfg.site,
+        meter=args.meter,
+        gaps=not args.no_gaps,
+    )
+    result = export.run(cfg, query, out=args.out, fmt=args.format, source=args.source)
+    where = "stdout" if result.out == "-" else result.out
+    print(f"exported {result.rows} rows from {result.source} to {where}", file=sys.stderr)
+    return 0
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    """The newest reading of each meter, from the local buffer, refreshed until Ctrl+C."""
+    from . import tail
+
+    return tail.run(_load(args), once=args.once, every_s=args.every, meter=args.meter)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Load-study report of a day, week or month: PNG, PDF and HTML with charts and a summary."""
+    from . import report
+
+    cfg = _load(args)
+    period = report.Period.parse(day=args.day, week=args.week, month=args.month, tz=args.tz)
+    paths = report.run(cfg, period, args.out, lang=args.lang, source=args.source, meter=args.meter)
+    for path in paths:
+        print(path)
+    return 0
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     """Print the MariaDB DDL (CREATE DATABASE and CREATE TABLE) for this config."""
     cfg = _load(args)
@@ -190,6 +233,21 @@ def schema_sql(cfg: config_mod.Config) -> str:
 
 def _iso(ts: float | None) -> str | None:
     return None if ts is None else utc_text(ts, iso=True)
+
+
+def _duration(text: str) -> float:
+    from .human import parse_duration
+
+    try:
+        return parse_duration(text)
+    except EdgelogError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _status_default(name: str) -> float:
+    from . import status
+
+    return float(getattr(status, name))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -219,14 +277,77 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p = add("sync-status", cmd_sync_status)
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument(
+        "--max-lag",
+        type=_duration,
+        default=_status_default("DEFAULT_MAX_LAG_S"),
+        metavar="DURATION",
+        help="degraded when the oldest unsent reading is older than this (default 30m; 90s, 2h, 1d)",
+    )
+    p.add_argument(
+        "--max-silence",
+        type=float,
+        default=_status_default("DEFAULT_SILENT_INTERVALS"),
+        metavar="N",
+        help="degraded when a meter has no reading for N of its intervals (default 10)",
+    )
     p = add("sync", cmd_sync)
     p.add_argument("--drain", action="store_true", help="send everything now, then exit")
+    p.add_argument(
+        "--retry-quarantined", action="store_true", help="send rows MariaDB refused again (cause fixed)"
+    )
     p = add("simulate", cmd_simulate)
     p.add_argument("--host", default="127.0.0.1", help="TCP address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=5020, help="TCP port (default 5020)")
     p.add_argument("--unit", type=int, default=126, help="Modbus unit id (default 126, as shipped)")
     p.add_argument("--device", help="serve Modbus RTU on this serial device instead of TCP")
     p.add_argument("--baudrate", type=int, default=None, help="RTU baud rate (default 19200)")
+    p = add("export", cmd_export)
+    p.add_argument(
+        "--from",
+        dest="start",
+        required=True,
+        metavar="TIME",
+        help="first instant, included (ISO-8601; UTC unless a zone is given)",
+    )
+    p.add_argument(
+        "--to",
+        dest="end",
+        metavar="TIME",
+        help="end, excluded (ISO-8601; UTC unless a zone is given; default now)",
+    )
+    p.add_argument("--meter", help="one meter (default: every meter)")
+    p.add_argument("--site", help="another site of the MariaDB table (default: this config's site)")
+    p.add_argument(
+        "--source", choices=("mariadb", "buffer"), default="mariadb", help="where to read (default mariadb)"
+    )
+    p.add_argument(
+        "--format", choices=("csv", "parquet"), help="default: parquet for --out *.parquet, else csv"
+    )
+    p.add_argument("--out", default="-", metavar="FILE", help="output file (default: stdout, CSV only)")
+    p.add_argument("--no-gaps", action="store_true", help="leave out failed polls (rows with error set)")
+    p = add("tail", cmd_tail)
+    p.add_argument("--once", action="store_true", help="print one frame and exit")
+    p.add_argument("--every", type=float, default=1.0, metavar="S", help="seconds between frames (default 1)")
+    p.add_argument("--meter", help="only this meter")
+    p = add("report", cmd_report)
+    when = p.add_mutually_exclusive_group(required=True)
+    when.add_argument("--day", metavar="DATE", help="a day: 2025-06-01")
+    when.add_argument("--week", metavar="DATE", help="the week (Monday to Sunday) holding DATE, or 2025-W23")
+    when.add_argument("--month", metavar="MONTH", help="a month: 2025-06")
+    p.add_argument(
+        "--out", required=True, type=Path, metavar="DIR", help="directory for the PNG, PDF and HTML"
+    )
+    p.add_argument(
+        "--lang", choices=("pt", "en"), default="pt", help="labels in Portuguese (default) or English"
+    )
+    p.add_argument(
+        "--source", choices=("mariadb", "buffer"), default="mariadb", help="where to read (default mariadb)"
+    )
+    p.add_argument("--meter", help="the meter (default: the config's first)")
+    p.add_argument(
+        "--tz", default="America/Sao_Paulo", help="time zone of days and charts (default America/Sao_Paulo)"
+    )
     add("schema", cmd_schema)
     add("doctor", cmd_doctor)
     return parser

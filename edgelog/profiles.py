@@ -5,14 +5,14 @@ documents the PAC3100 by that same number (its "offset"), so `tensao_l1_n` is
 at address 1 and is requested as address 1, with no -1 correction. Tools that
 count registers from 1 (mbpoll, many SCADA screens) show the same register as 2:
 ``mbpoll -a 126 -b 19200 -P none -s 2 -t 4:float -B -r 2 -c 20 /dev/ttyUSB0``
-reads all twenty values of a factory-set PAC3100 (``-B``: high word first;
+reads the twenty float32 values of a factory-set PAC3100 (``-B``: high word first;
 without it mbpoll swaps the two words of each float and prints nonsense).
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 RegisterType = Literal["int16", "uint16", "int32", "uint32", "float32", "int64", "uint64", "float64"]
@@ -122,14 +122,36 @@ def _pac3100_registers() -> tuple[Register, ...]:
         ("corrente_neutro", "A"),
         ("frequencia", "Hz"),
     ]
-    return tuple(
+    instantaneous = tuple(
         Register(name=name, address=1 + 2 * i, type="float32", unit=unit)
         for i, (name, unit) in enumerate(names_units)
     )
+    # The energy counters: SENTRON PAC3100 manual A5E02385159B-01 (07/2009), appendix
+    # A.2 "Modbus RTU", table of measured variables (FC 0x03/0x04), p. 132:
+    #   801  4 registers  "Active energy (import, export, balance)"    Double  Wh    overflow 1.0e+12
+    #   805  4 registers  "Reactive energy (import, export, balance)"  Double  varh  overflow 1.0e+12
+    # The PAC3100 has one counter of each: which of import, export or balance it
+    # counts is the meter's setting "Energy counting" (offset 50025, table A-11,
+    # p. 135; LOWORD kWh, HIWORD kvarh: 0 import, 1 export, 2 balance).
+    # Not here: per-phase power factor (the PAC3100's list has none: offsets 37 and
+    # 39 are the neutral current and the frequency), and the totals/total power
+    # factor, whose offsets (47..53) are only inferred from the minimum-value table
+    # (p. 132: min. total apparent/active/reactive power and total power factor at
+    # 155..161, 108 above their instantaneous values) and not printed on a page we
+    # could check. The report computes power factors as P/S from the values above.
+    return instantaneous
 
 
-#: Siemens SENTRON PAC3100: 20 float32 values, offsets 1..39 (high word first),
-#: readable with FC 0x03 or 0x04. Factory settings: unit 126, 19200 baud, 8N2.
+#: The PAC3100's energy counters (see above): a second request, so not in the default profile.
+PAC3100_ENERGY_REGISTERS = (
+    Register(name="energia_ativa", address=801, type="float64", unit="Wh"),
+    Register(name="energia_reativa", address=805, type="float64", unit="varh"),
+)
+
+
+#: Siemens SENTRON PAC3100: the 20 float32 values at offsets 1..39 (high word first),
+#: readable with FC 0x03 or 0x04, in ONE request per poll. Factory settings: unit 126,
+#: 19200 baud, 8N2. The default profile.
 PAC3100 = Profile(
     name="pac3100",
     registers=_pac3100_registers(),
@@ -138,4 +160,11 @@ PAC3100 = Profile(
     bridge_gaps=False,
 )
 
-PROFILES: dict[str, Profile] = {PAC3100.name: PAC3100}
+#: The same, plus the two float64 energy counters at 801 and 805: two requests per
+#: poll (1..40 and 801..808; the addresses between them are never read). For the
+#: report's energy from the meter's own counters.
+PAC3100_ENERGIA = replace(
+    PAC3100, name="pac3100-energia", registers=PAC3100.registers + PAC3100_ENERGY_REGISTERS
+)
+
+PROFILES: dict[str, Profile] = {p.name: p for p in (PAC3100, PAC3100_ENERGIA)}

@@ -7,6 +7,13 @@ worker, so a slow or absent MariaDB never delays a poll.
 SIGTERM / SIGINT: the poll in flight finishes and is committed, the sync
 worker finishes (commits or rolls back) the batch in flight, and the process
 exits 0. A reading is never half-written: the buffer commits whole rows.
+
+Faults handled here, each logged once (with a count) rather than once a poll:
+a meter that fails (`FaultLog`: the failed poll is stored as a gap), a clock
+that is not trustworthy (`ClockGuard`: readings get ``clock_ok = 0``), and a
+buffer that is full (`SpaceLog`: `[buffer] max_mb` or the disk; rows are pruned
+or readings dropped per ``when_full``, each dropped reading counted). A buffer
+that fails its check at start is moved aside and a new one started.
 """
 
 from __future__ import annotations
@@ -18,7 +25,8 @@ from dataclasses import dataclass, field
 
 from . import clock
 from .buffer import Buffer
-from .cadence import Cadence, Clock
+from .buffer.store import BufferCorrupt, BufferFull
+from .cadence import JUMP_THRESHOLD_S, Cadence, Clock
 from .config import Config
 from .errors import EdgelogError, MeterError
 from .meter import Meter, close_meters, open_meters
@@ -28,6 +36,10 @@ from .sync import MariaDBSink, SyncWorker
 log = logging.getLogger(__name__)
 
 HOUSEKEEPING_EVERY_S = 60.0
+#: A disk-full episode is over (and summed up in the log) after this long without one.
+SPACE_QUIET_S = 60.0
+#: While the buffer is capped after a disk-full error, look this often for free space.
+DISK_CHECK_EVERY_S = 1.0
 
 
 @dataclass
@@ -51,6 +63,94 @@ class FaultLog:
             log.warning("meter %s: answers again after %d failed polls", meter, count)
 
 
+class ClockGuard:
+    """Decides `clock_ok` for each reading.
+
+    The clock is *known bad* when the time is before 2026 (`clock.EARLIEST_PLAUSIBLE`),
+    when `require_sync` is set and the kernel says it is not synchronised, or when
+    it is behind a *floor*: a lower bound of the true time, the newest reading taken
+    with a trusted clock plus the monotonic time elapsed since (at start: the newest
+    trusted reading in the buffer, the downtime unknown and so counted as zero).
+    A step back of more than JUMP_THRESHOLD_S (fake-hwclock after a power cut, a
+    wrong manual setting) is therefore bad until the clock is stepped forward past
+    the floor again; letting time pass does not heal it. A kernel that reports the
+    clock synchronised (with `require_sync`) is trusted over the floor.
+    """
+
+    def __init__(self, wall: Clock, require_sync: bool, floor: float | None = None):
+        self.clock = wall
+        self.require_sync = require_sync
+        self.floor_wall = floor
+        self.floor_mono = wall.monotonic() if floor is not None else 0.0
+        self.bad_reason: str | None = None
+        self.bad_count = 0
+
+    def floor(self, mono: float) -> float | None:
+        return None if self.floor_wall is None else self.floor_wall + (mono - self.floor_mono)
+
+    def check(self, wall: float) -> bool:
+        mono = self.clock.monotonic()
+        kernel = clock.kernel_synchronised() if self.require_sync else None
+        floor = self.floor(mono)
+        reason = None
+        if wall < clock.EARLIEST_PLAUSIBLE:
+            reason = "time before 2026"
+        elif kernel is False:
+            reason = "the kernel says the clock is not synchronised"
+        elif kernel is None and floor is not None and wall < floor - JUMP_THRESHOLD_S:
+            reason = f"{floor - wall:.0f} s behind the newest trusted reading"
+        if reason is not None:
+            if self.bad_reason is None:
+                log.warning("clock not trusted (%s): readings get clock_ok = 0 until it is", reason)
+            self.bad_reason = reason
+            self.bad_count += 1
+            return False
+        if self.bad_reason is not None:
+            log.warning("clock trusted again after %d readings with clock_ok = 0", self.bad_count)
+            self.bad_reason, self.bad_count = None, 0
+        self.floor_wall = wall if kernel or floor is None else max(wall, floor)
+        self.floor_mono = mono
+        return True
+
+
+@dataclass
+class SpaceLog:
+    """A buffer that cannot take readings as they come (full at max_mb or the disk, or
+    failing to write), logged when it starts and at 10, 100, every 1000 events, and
+    summed up once after SPACE_QUIET_S without one."""
+
+    events: int = 0
+    dropped: int = 0
+    pending_drops: int = 0  # dropped readings not yet added to the buffer's dropped_total
+    last_at: float = 0.0
+
+    def full(self, now: float, what: str, dropped: int = 0, counted: bool = False) -> None:
+        """One event: `dropped` readings lost to it, already in dropped_total if `counted`."""
+        self.events += 1
+        self.last_at = now
+        self.dropped += dropped
+        if not counted:
+            self.pending_drops += dropped
+        if self.events == 1:
+            log.warning("buffer %s", what)
+        elif self.events in (10, 100) or self.events % 1000 == 0:
+            log.warning(
+                "buffer: %d such events so far (%d readings dropped): %s", self.events, self.dropped, what
+            )
+
+    def quiet(self, now: float) -> bool:
+        """True once, when an episode ends (no event for SPACE_QUIET_S)."""
+        if self.events and now - self.last_at >= SPACE_QUIET_S:
+            log.warning(
+                "buffer: no such event for a minute (%d events, %d readings dropped, in dropped_total)",
+                self.events,
+                self.dropped,
+            )
+            self.events = self.dropped = 0
+            return True
+        return False
+
+
 class Service:
     def __init__(self, config: Config, wall: Clock | None = None):
         self.config = config
@@ -58,7 +158,17 @@ class Service:
         self.stop = threading.Event()
         self.notifier = Notifier()
         self.faults = FaultLog()
-        self.buffer = Buffer(config.buffer.path, config.columns())
+        self.space = SpaceLog()
+        self.exit_status = 0
+        self.max_bytes = int(config.buffer.max_mb * 1024 * 1024)
+        self.buffer = Buffer.open_or_replace(config.buffer.path, config.columns(), max_bytes=self.max_bytes)
+        self.guard = ClockGuard(self.clock, config.clock.require_sync, self.buffer.newest_trusted_at())
+        if not self.buffer.keep_reserve():
+            log.warning("buffer: no room for its %d-byte disk reserve", self.buffer.reserve_bytes())
+        #: after a disk-full error: the buffer's pages in use may not grow past this (its
+        #: size then), so rows are pruned or dropped per when_full before the file must grow
+        self.disk_cap: int | None = None
+        self._disk_checked = 0.0
         self.meters: list[Meter] = open_meters(config.meters)
         self.sink = MariaDBSink(config.mariadb, config.site)
         self.worker = SyncWorker(
@@ -68,27 +178,114 @@ class Service:
 
     def poll(self, meter: Meter) -> None:
         """Read one meter and commit the reading (or the gap) before returning."""
-        ok = clock.clock_ok()
         try:
             reading = meter.read()
         except MeterError as exc:
+            at = self.clock.wall()
             self.faults.failed(meter.name, str(exc))
-            self._store(meter.name, self.clock.wall(), None, str(exc), ok)
+            self._store(meter.name, at, None, str(exc), self.guard.check(at))
         else:
             self.faults.answered(meter.name)
-            self._store(meter.name, reading.measured_at, reading.values, None, ok)
+            at = reading.measured_at
+            self._store(meter.name, at, reading.values, None, self.guard.check(at))
         self.notifier.watchdog()
 
     def _store(self, meter: str, at: float, values, error: str | None, ok: bool) -> None:
+        """Commit one row; when the buffer is full, prune or drop per `when_full` (counted)."""
+        policy = self.config.buffer.when_full
+        now = self.clock.monotonic()
+        pruned = self.buffer.dropped_by_prune
         try:
-            self.buffer.append(meter, at, values, error=error, clock_ok=ok)
+            try:
+                self._check_disk(now)
+                if not self.buffer.has_room(self.max_bytes, policy, self.disk_cap):
+                    self.space.full(
+                        now,
+                        "full: max_mb or the disk, with every row unsent; new readings dropped "
+                        "(when_full = drop_newest)",
+                        dropped=1,
+                    )
+                    self._count_drops()  # count it now, for sync-status
+                    return
+                self.buffer.append(meter, at, values, error=error, clock_ok=ok)
+            except BufferFull as exc:
+                # The disk (not max_mb) is full: use the reserve, prune, retry once; from
+                # now on the buffer is capped at its size, as if max_mb were reached.
+                try:
+                    self.buffer.make_room(policy)
+                    self.disk_cap = self.buffer.db_bytes()
+                    self._disk_checked = now
+                    self.buffer.append(meter, at, values, error=error, clock_ok=ok)
+                except BufferFull:
+                    self.space.full(now, f"full: {exc}; readings dropped until there is room", dropped=1)
+                    return
+                self.space.full(
+                    now,
+                    f"full: {exc}; made room, and the buffer stays at its size until the disk "
+                    f"has room again (when_full = {policy})",
+                    dropped=self.buffer.dropped_by_prune - pruned,
+                    counted=True,
+                )
+                pruned = self.buffer.dropped_by_prune
+        except BufferCorrupt as exc:
+            log.error(
+                "meter %s: reading lost: %s; stopping so that the next start moves it aside", meter, exc
+            )
+            self.exit_status = 1
+            self.stop.set()
+            return
         except EdgelogError as exc:
-            log.error("meter %s: reading lost: %s", meter, exc)
+            self.space.full(now, f"write failed, reading lost: {exc}", dropped=1)
+            return
+        if self.buffer.dropped_by_prune > pruned:
+            self.space.full(
+                now,
+                "full: max_mb or the disk, with every row unsent; dropping the oldest unsent "
+                "readings (when_full = drop_oldest)",
+                dropped=self.buffer.dropped_by_prune - pruned,
+                counted=True,
+            )
+        self._count_drops()
+        if self.space.quiet(now):
+            self.buffer.keep_reserve()  # for the next time the disk fills up
+
+    def _check_disk(self, now: float) -> None:
+        """While capped after a disk-full error: lift the cap once the disk has room again."""
+        if self.disk_cap is None or now - self._disk_checked < DISK_CHECK_EVERY_S:
+            return
+        self._disk_checked = now
+        try:
+            free = self.buffer.disk_free()
+        except OSError:
+            return
+        if free >= 2 * self.buffer.reserve_bytes():
+            self.disk_cap = None
+            self.buffer.keep_reserve()
+            log.warning("buffer: the disk has room again (%d bytes free); the buffer may grow", free)
+
+    def _count_drops(self) -> None:
+        """Add the readings dropped so far to the buffer's dropped_total (if it can be written)."""
+        if self.space.pending_drops:
+            try:
+                self.buffer.count_dropped(self.space.pending_drops)
+                self.space.pending_drops = 0
+            except EdgelogError:
+                pass  # counted at the next successful write
 
     def housekeeping(self) -> None:
         b = self.config.buffer
+        pruned = self.buffer.dropped_by_prune
         try:
-            self.buffer.prune(b.keep_sent_days * 86400, int(b.max_mb * 1024 * 1024))
+            self.buffer.prune(b.keep_sent_days * 86400, self.max_bytes, when_full=b.when_full)
+            if self.buffer.dropped_by_prune > pruned:
+                self.space.full(
+                    self.clock.monotonic(),
+                    f"full: over max_mb = {b.max_mb:g}; dropped the oldest unsent readings (drop_oldest)",
+                    dropped=self.buffer.dropped_by_prune - pruned,
+                    counted=True,
+                )
+        except EdgelogError as exc:
+            log.warning("housekeeping: %s", exc)
         except Exception:
             log.exception("housekeeping failed")
 
@@ -117,6 +314,13 @@ class Service:
             self.notifier.stopping()
             syncer.join()
             close_meters(self.meters)
+            if self.space.pending_drops:
+                try:
+                    self.buffer.count_dropped(self.space.pending_drops)
+                except EdgelogError as exc:
+                    log.error(
+                        "%d dropped readings not counted in dropped_total: %s", self.space.pending_drops, exc
+                    )
             self.buffer.close()
         log.info("stopped")
-        return 0
+        return self.exit_status

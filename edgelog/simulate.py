@@ -1,9 +1,12 @@
 """A SENTRON PAC3100 simulator: a real pymodbus server serving the pac3100 profile.
 
 The values follow a small isolated 3-phase 127/220 V, 60 Hz plant whose load
-follows a village's day (low at night, a bump at breakfast, the evening peak).
-Like the real meter it refuses a read that starts or ends inside a value, and
-answers FC 0x03 and 0x04 alike. Tests use its knobs to inject faults: a slow
+follows a village's day (low at night, a bump at breakfast, the evening peak);
+its energy counters integrate that load. Like the real meter it refuses a read
+that starts or ends inside a value or covers an undocumented address, and
+answers FC 0x03 and 0x04 alike. The values of one poll are one snapshot, taken
+when a request for the first register arrives (a meter refreshes its registers
+once per measuring cycle, not between the requests of one poll). Tests use its knobs to inject faults: a slow
 answer (`delay_s`), an exception response (`exception_code`), forced values
 (`override`, e.g. NaN), and read `requests` / `served` to see what went out.
 """
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import cmath
+import functools
 import hashlib
 import logging
 import math
@@ -31,6 +35,17 @@ from pymodbus.simulator import DataType, SimData, SimDevice
 from .profiles import PAC3100, Profile
 
 log = logging.getLogger(__name__)
+
+_DATATYPES = {
+    "int16": ModbusTcpClient.DATATYPE.INT16,
+    "uint16": ModbusTcpClient.DATATYPE.UINT16,
+    "int32": ModbusTcpClient.DATATYPE.INT32,
+    "uint32": ModbusTcpClient.DATATYPE.UINT32,
+    "float32": ModbusTcpClient.DATATYPE.FLOAT32,
+    "int64": ModbusTcpClient.DATATYPE.INT64,
+    "uint64": ModbusTcpClient.DATATYPE.UINT64,
+    "float64": ModbusTcpClient.DATATYPE.FLOAT64,
+}
 
 NOMINAL_V = 127.0  # phase-to-neutral; 220 V between phases
 NOMINAL_HZ = 60.0
@@ -57,8 +72,58 @@ def _noise(t: float, salt: str) -> float:
     return int.from_bytes(digest, "big") / 2**63 - 1.0
 
 
+#: Where the simulated energy counters start: 2024-01-01T00:00:00Z, with this much on them.
+COUNTER_EPOCH = 1704067200.0
+COUNTER_START_WH = 1_250_000.0
+COUNTER_START_VARH = 310_000.0
+
+
+def _smooth_power(hour: float) -> tuple[float, float]:
+    """Total active (W) and reactive (var) power of the plant at this local hour, without noise."""
+    load = load_fraction(hour)
+    pf = 0.97 - 0.08 * load
+    p = PEAK_W * load
+    return p, p * math.tan(math.acos(pf))
+
+
+@functools.cache
+def _daily_integrals(steps: int = 1440) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Cumulative Wh and varh from local midnight at each minute of the day (trapezoids)."""
+    wh, varh = [0.0], [0.0]
+    previous = _smooth_power(0.0)
+    for k in range(1, steps + 1):
+        current = _smooth_power(24.0 * k / steps)
+        dt_h = 24.0 / steps
+        wh.append(wh[-1] + (previous[0] + current[0]) / 2 * dt_h)
+        varh.append(varh[-1] + (previous[1] + current[1]) / 2 * dt_h)
+        previous = current
+    return tuple(wh), tuple(varh)
+
+
+def energy_counters(t: float, local_offset_h: float = -3.0) -> dict[str, float]:
+    """The meter's active (Wh) and reactive (varh) energy counters at unix time `t`: the
+    integral of the plant's smooth load since COUNTER_EPOCH (monotonic, like a real counter)."""
+    wh, varh = _daily_integrals()
+    local = t + local_offset_h * 3600.0
+    start = COUNTER_EPOCH + local_offset_h * 3600.0
+    days = math.floor(local / 86400.0) - math.floor(start / 86400.0)
+    minute, frac = divmod((local % 86400.0) / 60.0, 1.0)
+    k = int(minute)
+    today_wh = wh[k] + (wh[min(k + 1, 1440)] - wh[k]) * frac
+    today_varh = varh[k] + (varh[min(k + 1, 1440)] - varh[k]) * frac
+    start_minute = (start % 86400.0) / 60.0  # the counters start at 0 at COUNTER_EPOCH
+    s = int(start_minute)
+    offset_wh = wh[s] + (wh[min(s + 1, 1440)] - wh[s]) * (start_minute - s)
+    offset_varh = varh[s] + (varh[min(s + 1, 1440)] - varh[s]) * (start_minute - s)
+    return {
+        "energia_ativa": COUNTER_START_WH + days * wh[-1] + today_wh - offset_wh,
+        "energia_reativa": COUNTER_START_VARH + days * varh[-1] + today_varh - offset_varh,
+    }
+
+
 def plant_values(t: float, local_offset_h: float = -3.0) -> dict[str, float]:
-    """The twenty PAC3100 values at unix time `t` (local time = UTC + offset, Brasília -3)."""
+    """Every PAC3100 value at unix time `t` (local time = UTC + offset, Brasília -3): the
+    twenty instantaneous values and the two energy counters."""
     hour = ((t / 3600.0) + local_offset_h) % 24
     load = load_fraction(hour) * (1 + 0.03 * _noise(t, "load"))
     v: dict[str, float] = {}
@@ -83,6 +148,7 @@ def plant_values(t: float, local_offset_h: float = -3.0) -> dict[str, float]:
     v["tensao_l3_l1"] = abs(volts[2] - volts[0])
     v["corrente_neutro"] = abs(sum(amps))
     v["frequencia"] = NOMINAL_HZ + 0.12 * math.sin(t / 37.0) - 0.25 * (load - 0.5) + 0.02 * _noise(t, "f")
+    v.update(energy_counters(t, local_offset_h))
     return v
 
 
@@ -119,19 +185,34 @@ class Pac3100Simulator:
     requests: int = 0
     served: list[dict[str, float]] = field(default_factory=list)
     keep_served: int = 100_000
+    _snapshot: dict[str, float] | None = field(default=None, repr=False)
 
     def device(self) -> SimDevice:
-        regs = self.profile.registers
-        start = regs[0].address
-        size = regs[-1].end - start
+        """One block of registers per run of contiguous values; the addresses between
+        runs are undocumented and answer exception 2, as on the real meter."""
+        runs: list[list[int]] = []
+        for reg in sorted(self.profile.registers, key=lambda r: r.address):
+            if runs and runs[-1][1] == reg.address:
+                runs[-1][1] = reg.end
+            else:
+                runs.append([reg.address, reg.end])
         return SimDevice(
             id=self.unit_id,
-            simdata=[SimData(address=start, count=size, values=0, datatype=DataType.REGISTERS)],
+            simdata=[
+                SimData(address=start, count=end - start, values=0, datatype=DataType.REGISTERS)
+                for start, end in runs
+            ],
             action=self._action,
         )
 
     def current_values(self) -> dict[str, float]:
-        values = {k: as_float32(x) for k, x in plant_values(self.clock()).items()}
+        """The values as the registers hold them (float32 values rounded to float32)."""
+        raw = plant_values(self.clock())
+        values = {
+            reg.name: as_float32(raw[reg.name]) if reg.type == "float32" else raw[reg.name]
+            for reg in self.profile.registers
+            if reg.name in raw
+        }
         values.update(self.override)
         return values
 
@@ -151,19 +232,23 @@ class Pac3100Simulator:
             return ExcCodes.ILLEGAL_FUNCTION  # measurements are read-only
         if self.exception_code is not None:
             return self.exception_code
-        # The PAC3100 refuses a read that starts or ends inside a 2-register value.
-        first = self.profile.registers[0].address
-        if (address - first) % 2 or count % 2:
+        # The PAC3100 refuses a read that starts or ends inside a multi-register value.
+        regs = self.profile.registers
+        if address not in {r.address for r in regs} or address + count not in {r.end for r in regs}:
             return ExcCodes.ILLEGAL_ADDRESS
-        values = self.current_values()
-        for reg in self.profile.registers:
-            words = ModbusTcpClient.convert_to_registers(
-                values.get(reg.name, 0.0), ModbusTcpClient.DATATYPE.FLOAT32
-            )
+        # One snapshot per poll: a request for the first register starts a poll.
+        if address == min(r.address for r in regs) or self._snapshot is None:
+            self._snapshot = self.current_values()
+            self.served.append(self._snapshot)
+            del self.served[: -self.keep_served]
+        values = self._snapshot
+        for reg in regs:
+            value = values.get(reg.name, 0.0)
+            if not reg.type.startswith("float"):
+                value = int(value)
+            words = ModbusTcpClient.convert_to_registers(value, _DATATYPES[reg.type])
             offset = reg.address - start_address
-            registers[offset : offset + 2] = words
-        self.served.append(values)
-        del self.served[: -self.keep_served]
+            registers[offset : offset + reg.width] = words
         return None
 
     async def serve_tcp(

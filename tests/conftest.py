@@ -20,6 +20,7 @@ from typing import Any
 import pymysql
 import pytest
 
+from edgelog.profiles import PAC3100_ENERGIA
 from edgelog.simulate import Pac3100Simulator, SimulatorThread
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -116,6 +117,14 @@ def logger_db(mysql_proc, mariadb_root, tmp_path: Path) -> Iterator[LoggerDB]:
 def simulator() -> Iterator[SimulatorThread]:
     """A PAC3100 simulator on a free TCP port of 127.0.0.1."""
     thread = SimulatorThread(Pac3100Simulator()).start()
+    yield thread
+    thread.stop()
+
+
+@pytest.fixture
+def simulator_energia() -> Iterator[SimulatorThread]:
+    """A PAC3100 simulator that also serves the energy counters (profile pac3100-energia)."""
+    thread = SimulatorThread(Pac3100Simulator(profile=PAC3100_ENERGIA)).start()
     yield thread
     thread.stop()
 

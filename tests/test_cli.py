@@ -80,9 +80,11 @@ def unreachable_toml(logger_db: LoggerDB, **extra: Any) -> str:
 
 def status(config: Path) -> dict[str, Any]:
     result = edgelog("sync-status", "--json", config=config)
-    assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
-    assert set(data) == STATUS_KEYS
+    # 0 healthy, 1 degraded (old backlog, silent meter): tests/test_status.py checks which
+    expected = 0 if data["state"] == "healthy" else 1
+    assert result.returncode == expected, result.stderr
+    assert set(data) >= STATUS_KEYS  # tests/test_status.py checks that every key is documented
     return data
 
 
@@ -115,7 +117,7 @@ def test_schema_prints_the_ddl_of_the_committed_schema_file(tmp_path: Path) -> N
     assert "CREATE TABLE IF NOT EXISTS `medicoes` (" in result.stdout
     for register in PAC3100.registers:
         assert f"  `{register.name}` DOUBLE NULL COMMENT '{register.unit}',\n" in result.stdout
-    assert result.stdout.count(" DOUBLE NULL ") == 20
+    assert result.stdout.count(" DOUBLE NULL ") == len(PAC3100.registers) == 20
     assert "UNIQUE KEY `uq_reading` (`site`, `buffer_id`, `seq`)" in result.stdout
     assert "`measured_at` DATETIME(3) NOT NULL" in result.stdout
 

@@ -5,6 +5,17 @@ sink commits it, and only then `Buffer.mark_sent()` records it. A crash between
 the two replays the batch on the next start, which the sink ignores (idempotent).
 While the sink is unavailable the worker waits with capped exponential backoff;
 it never touches the poll loop, which keeps writing to the buffer meanwhile.
+
+Poison rows: when the sink refuses a batch for its content (`SinkRejected`), the
+batch is bisected: every part it accepts is committed, and each row it refuses
+on its own is isolated. Before anything after such a row is written, the buffer
+records a *hold* at its seq, so the position (even the one recovered from the
+sink's high-water mark after a crash) never passes it unresolved. A row refused
+in `quarantine_after` rounds in which other rows were accepted is copied to the
+buffer's quarantine table and the position moves past it; if every row of a
+batch is refused the fault is the table's, not the rows': nothing is
+quarantined and the worker backs off. `retry_quarantined()` sends quarantined
+rows again (`edgelog sync --retry-quarantined`).
 """
 
 from __future__ import annotations
@@ -13,7 +24,8 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from ..buffer import Buffer
 from ..config import SyncConfig
@@ -21,6 +33,8 @@ from ..errors import EdgelogError, SinkRejected, SinkUnavailable
 from .sink import Sink
 
 log = logging.getLogger(__name__)
+
+Row = Sequence[Any]
 
 
 class SyncWorker:
@@ -40,6 +54,9 @@ class SyncWorker:
         self.config = config or SyncConfig()
         self.clock = clock
         self.failures = 0
+        self.rejections: dict[int, int] = {}  # seq -> rounds in which the sink refused it
+        self._counted = False  # the last round counted a refusal (progress towards quarantine)
+        self._logged_kinds: set[str] = set()  # errors logged in this streak, digits left out
         self._ready = False
 
     def _prepare(self) -> None:
@@ -49,34 +66,129 @@ class SyncWorker:
         columns = {c: self.units.get(c, "") for c in self.buffer.value_columns}
         self.sink.ensure_table(columns)
         have = self.sink.high_water(self.buffer.buffer_id)
+        hold = self.buffer.hold
+        if hold is not None:  # rows after an unresolved rejected row may be there already
+            have = min(have, hold - 1)
         if have > self.buffer.sent_upto:
             log.info("destination already has rows up to seq %d; moving the position there", have)
             self.buffer.mark_sent(have, at=self.clock())
         self._ready = True
 
+    def _write_split(
+        self,
+        rows: Sequence[Row],
+        accepted: Callable[[Sequence[Row], bool], None],
+        rejected: Callable[[Row, str], None],
+    ) -> None:
+        """Write `rows`; on SinkRejected bisect, in seq order, down to the single rows
+        refused. `accepted(part, after_a_rejected_row)` follows each committed part."""
+        seen_rejected = False
+
+        def visit(part: Sequence[Row]) -> None:
+            nonlocal seen_rejected
+            try:
+                self.sink.write_batch(self.buffer.buffer_id, self.buffer.value_columns, part)
+            except SinkRejected as exc:
+                if len(part) == 1:
+                    rejected(part[0], str(exc))
+                    seen_rejected = True
+                    return
+                middle = len(part) // 2
+                visit(part[:middle])
+                visit(part[middle:])
+                return
+            accepted(part, seen_rejected)
+
+        visit(rows)
+
     def sync_once(self) -> int:
-        """Send the oldest unsent batch. Returns the number of rows the sink committed."""
+        """Send the oldest unsent batch. Returns the number of rows resolved (committed by
+        the sink, or quarantined); raises SinkRejected while a refused row is pending."""
+        self._counted = False
         try:
             self._prepare()
             rows = self.buffer.unsent(self.batch_size)
             if not rows:
                 return 0
-            self.sink.write_batch(self.buffer.buffer_id, self.buffer.value_columns, rows)
+            accepted = 0
+            refused: list[tuple[Row, str]] = []
+            started = time.monotonic()
+
+            def on_accepted(part: Sequence[Row], after_rejected: bool) -> None:
+                nonlocal accepted
+                accepted += len(part)
+                if not after_rejected:
+                    rate = accepted / max(time.monotonic() - started, 1e-6)
+                    batch = (part[0][0], len(part))
+                    self.buffer.mark_sent(part[-1][0], at=self.clock(), rate=rate, batch=batch)
+
+            def on_rejected(row: Row, reason: str) -> None:
+                if not refused:  # nothing after it is written before the hold is recorded
+                    self.buffer.set_hold(row[0])
+                refused.append((row, reason))
+
+            self._write_split(rows, on_accepted, on_rejected)
         except (SinkUnavailable, SinkRejected):
             self._ready = False
             raise
-        self.buffer.mark_sent(rows[-1][0], at=self.clock())
-        return len(rows)
+        if not refused:
+            self.rejections.clear()  # refused rows are at the head: none is pending any more
+            self.buffer.set_hold(None)
+            return len(rows)
+        return self._resolve(rows, accepted, refused)
+
+    def _resolve(self, rows: Sequence[Row], accepted: int, refused: list[tuple[Row, str]]) -> int:
+        """After a batch with refused rows: count the refusal, quarantine rows refused often
+        enough, move the position as far as every row is resolved."""
+        self._ready = False
+        first_reason = refused[0][1]
+        if not accepted:
+            # Every row refused: the table, not the rows, is at fault. Quarantine nothing.
+            raise SinkRejected(f"every row of a batch of {len(rows)} refused: {first_reason}")
+        limit = self.config.quarantine_after
+        ready, pending = [], []
+        for row, reason in refused:
+            count = self.rejections.get(row[0], 0) + 1
+            self.rejections[row[0]] = count
+            (ready if count >= limit else pending).append((row, reason))
+        self._counted = True
+        upto = pending[0][0][0] - 1 if pending else rows[-1][0]
+        self.buffer.quarantine(ready, upto=upto, hold=pending[0][0][0] if pending else None, at=self.clock())
+        for row, reason in ready:
+            self.rejections.pop(row[0], None)
+            log.warning(
+                "sync: row seq %d (meter %s) refused by the destination %d times: quarantined "
+                "(edgelog sync --retry-quarantined sends it again): %s",
+                row[0],
+                row[1],
+                limit,
+                reason,
+            )
+        if pending:
+            count = self.rejections[pending[0][0][0]]
+            raise SinkRejected(
+                f"{len(pending)} row(s) refused (seq {pending[0][0][0]}, {count} of {limit} tries "
+                f"before quarantine): {pending[0][1]}"
+            )
+        return accepted + len(ready)
 
     def drain(
         self,
         should_stop: Callable[[], bool] = lambda: False,
         progress: Callable[[int], None] | None = None,
+        retry_rejected: bool = True,
     ) -> int:
-        """Send batches until nothing is unsent (or `should_stop()`); errors propagate."""
+        """Send batches until nothing is unsent (or `should_stop()`); errors propagate.
+        With `retry_rejected`, a refused row is tried again at once (up to quarantine);
+        without, the SinkRejected propagates so the caller can back off first."""
         total = 0
         while not should_stop():
-            sent = self.sync_once()
+            try:
+                sent = self.sync_once()
+            except SinkRejected:
+                if not (retry_rejected and self._counted):
+                    raise
+                continue  # bounded: each round counts the refusal, quarantine ends it
             if not sent:
                 break
             total += sent
@@ -84,6 +196,35 @@ class SyncWorker:
                 progress(total)
         self.buffer.record_sync_error(None, at=self.clock())
         return total
+
+    def retry_quarantined(self) -> tuple[int, int]:
+        """Send quarantined rows again (their cause fixed). Returns (sent, still refused)."""
+        self._prepare()
+        sent = still = 0
+        after = 0
+        while True:
+            entries = self.buffer.quarantined(self.batch_size, after=after)
+            if not entries:
+                break
+            rows = [row for row, _ in entries]
+            ok: list[int] = []
+            refused: list[tuple[int, str]] = []
+            try:
+                self._write_split(
+                    rows,
+                    lambda part, _after, ok=ok: ok.extend(r[0] for r in part),
+                    lambda row, reason, refused=refused: refused.append((row[0], reason)),
+                )
+            except SinkUnavailable:
+                self._ready = False
+                raise
+            finally:
+                self.buffer.release_quarantined(ok)
+            self.buffer.requarantine(refused)
+            sent += len(ok)
+            still += len(refused)
+            after = rows[-1][0]
+        return sent, still
 
     def backoff_s(self) -> float:
         """Capped exponential backoff with jitter, from the number of failures in a row."""
@@ -95,8 +236,11 @@ class SyncWorker:
         """Until `stop` is set: drain, wait `interval_s`, repeat; back off while failing."""
         while not stop.is_set():
             try:
-                self.drain(should_stop=stop.is_set)
+                self.drain(should_stop=stop.is_set, retry_rejected=False)
+                if self.failures:
+                    log.warning("sync: working again after %d failed rounds", self.failures)
                 self.failures = 0
+                self._logged_kinds.clear()
                 wait = self.config.interval_s
             except EdgelogError as exc:
                 self.failures += 1
@@ -105,16 +249,22 @@ class SyncWorker:
             except Exception as exc:  # never let the thread die: the poll loop needs no help
                 self.failures += 1
                 wait = self.backoff_s()
-                log.exception("sync worker: unexpected error")
+                if self.failures == 1:
+                    log.exception("sync worker: unexpected error")
                 self._report(exc, wait)
             stop.wait(wait)
         self.sink.close()
 
     def _report(self, exc: BaseException, wait: float) -> None:
+        """Log a failure when a streak starts, for each different error in the streak, and
+        every 10th time: not once a retry, even when two errors alternate."""
         message = str(exc) or type(exc).__name__
-        if self.failures == 1 or self.failures % 10 == 0:
-            log.warning("sync: %s (failure %d in a row; next try in %.0f s)", message, self.failures, wait)
+        kind = "".join(c for c in message if not c.isdigit())
+        if self.failures == 1 or self.failures % 10 == 0 or kind not in self._logged_kinds:
+            log.warning("sync: %s (failure %d in a row; next try in %.1f s)", message, self.failures, wait)
+            self._logged_kinds.add(kind)
         try:
             self.buffer.record_sync_error(message, at=self.clock())
-        except EdgelogError:
-            log.exception("sync: cannot record the error in the buffer")
+        except EdgelogError as err:
+            if self.failures == 1:
+                log.warning("sync: cannot record the error in the buffer: %s", err)

@@ -1,0 +1,139 @@
+"""The bench's LOAD DATA LOCAL: the server-ceiling reference, and a sink that uses it.
+
+edgelog's sink does not use ``LOAD DATA LOCAL`` (its prepared binary INSERT is
+faster); the bench needs it for the reference the issue defines, the server's
+own ingest rate of a ready-made file, and to show the LOAD DATA write path side
+by side. Both go through `edgelog.sync.wire.GuardedConnection.offering()`: the
+data is an in-memory byte stream, and a server asking for any other name gets
+nothing (see wire.py; tests/test_wire.py proves it with a proxy that rewrites
+the request).
+
+Rows are text in MariaDB's default LOAD DATA format: tab between fields, newline
+after a row, ``\\N`` for NULL, backslash escapes for tab, newline, CR, NUL and
+backslash. Floats with 17 significant digits (they read back as the same double).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+from edgelog.sync.mariadb import ERROR_MAX, INSERT_COLUMNS, MariaDBSink, quote
+from edgelog.sync.wire import NULL, GuardedConnection, StampText, new_local_name
+
+#: Rows per data packet of the streamed file.
+CHUNK_ROWS = 256
+#: The only warning a LOAD DATA ... IGNORE batch may leave: a row MariaDB already has.
+DUPLICATE_KEY = 1062
+_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r", "\0": "\\0"})
+
+
+def field(text: str) -> str:
+    return text.translate(_ESCAPES)
+
+
+def load_sql(table: str, columns: Sequence[str], name: bytes) -> str:
+    """IGNORE: rows MariaDB has stay as they are (LOCAL implies it anyway: the server
+    cannot stop the client's stream). Default field and line format."""
+    names = ", ".join(quote(c) for c in columns)
+    return (
+        f"LOAD DATA LOCAL INFILE '{name.decode()}' IGNORE INTO TABLE {quote(table)} "
+        f"CHARACTER SET utf8mb4 ({names})"
+    )
+
+
+class TsvFormatter:
+    """Buffer rows (FIXED_COLUMNS + values) -> LOAD DATA lines of
+    (site, meter, buffer_id, seq, measured_at, clock_ok, error, values)."""
+
+    def __init__(self, site: str, buffer_id: str, n_values: int, error_max: int = ERROR_MAX):
+        self.site, self.buffer_id, self.n_values = site, buffer_id, n_values
+        self.error_max = error_max
+        self.stamp = StampText()
+        self._formats: dict[str, tuple[str, str]] = {}  # meter -> (whole line, fixed part)
+
+    def _formats_of(self, meter: str) -> tuple[str, str]:
+        formats = self._formats.get(meter)
+        if formats is None:
+            prefix = f"{field(self.site)}\t{field(meter)}\t{field(self.buffer_id)}\t".replace("%", "%%")
+            head = prefix + "%d\t%s\t%d\t%s"
+            formats = self._formats[meter] = (head + "\t%.17g" * self.n_values + "\n", head)
+        return formats
+
+    def _error(self, error: str | None) -> str:
+        if error is None:
+            return NULL
+        if len(error) > self.error_max:
+            error = error[: self.error_max - 1] + "…"
+        return field(error)
+
+    def lines(self, rows: Sequence[Sequence[Any]]) -> str:
+        out = []
+        stamp = self.stamp
+        for row in rows:
+            line_format = (self._formats.get(row[1]) or self._formats_of(row[1]))[0]
+            try:
+                error = NULL if row[4] is None else self._error(row[4])
+                out.append(line_format % (row[0], stamp(row[2]), row[3], error, *row[5:]))
+            except TypeError:  # a NULL value
+                head = self._formats_of(row[1])[1] % (row[0], stamp(row[2]), row[3], self._error(row[4]))
+                values = "".join("\t" + (NULL if v is None else f"{v:.17g}") for v in row[5:])
+                out.append(f"{head}{values}\n")
+        return "".join(out)
+
+    def chunks(self, rows: Sequence[Sequence[Any]], chunk_rows: int = CHUNK_ROWS) -> Iterator[bytes]:
+        for start in range(0, len(rows), chunk_rows):
+            yield self.lines(rows[start : start + chunk_rows]).encode("utf-8")
+
+
+def load_bytes(conn: GuardedConnection, table: str, columns: Sequence[str], data: Iterable[bytes]) -> int:
+    """One LOAD DATA LOCAL ... IGNORE of `data` (already formatted); returns the warning count."""
+    name = new_local_name()
+    with conn.cursor() as cur:
+        with conn.offering(name, data):
+            cur.execute(load_sql(table, columns, name))
+        return int(cur.warning_count)
+
+
+class LoadDataSink(MariaDBSink):
+    """MariaDBSink writing each batch with LOAD DATA LOCAL ... IGNORE streamed from memory
+    (formatting overlaps the server's inserting), then checking the warnings: anything but
+    a duplicate key and the batch is rolled back and written with the text INSERT."""
+
+    def _connection(self) -> Any:
+        if self.conn is None:
+            c = self.config
+            args = self.connect_args()
+            args["read_timeout"] = args["write_timeout"] = c.connect_timeout_s
+            conn = GuardedConnection.open(args, local_infile=True)
+            conn._read_timeout, conn._write_timeout = c.read_timeout_s, c.write_timeout_s
+            with conn.cursor() as cur:
+                cur.execute("SET SESSION max_error_count = 65535")
+            self.conn = conn
+        return self.conn
+
+    def write_batch(self, buffer_id: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        if not rows:
+            return
+        formatter = TsvFormatter(self.site, buffer_id, len(columns))
+        names = [*INSERT_COLUMNS, *columns]
+
+        def work(cur: Any) -> bool:
+            conn: GuardedConnection = cur.connection
+            name = new_local_name()
+            with conn.offering(name, formatter.chunks(rows)):
+                cur.execute(load_sql(self.config.table, names, name))
+            warnings = cur.warning_count
+            if warnings:
+                cur.execute("SHOW WARNINGS")
+                listed = cur.fetchall()
+                if len(listed) != warnings or any(int(w[1]) != DUPLICATE_KEY for w in listed):
+                    conn.rollback()
+                    return False
+            return True
+
+        if self._run(work):
+            self.stats["load_data"] = self.stats.get("load_data", 0) + 1
+        else:
+            self.stats["text"] += 1
+            self._insert_batch(buffer_id, columns, rows)

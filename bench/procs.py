@@ -1,0 +1,110 @@
+"""Watching processes from outside: resident memory, bytes written, CPU time."""
+
+from __future__ import annotations
+
+import math
+import os
+import statistics
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def rss_kib(pid: int) -> tuple[int, int] | None:
+    """(VmRSS, VmHWM) in KiB, or None once the process is gone."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    values = {}
+    for line in text.splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            values[key] = int(rest.split()[0])
+    return values.get("VmRSS", 0), values.get("VmHWM", 0)
+
+
+def write_bytes(pid: int) -> int | None:
+    """Bytes the process caused to be written to storage (/proc/<pid>/io)."""
+    try:
+        for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+            if line.startswith("write_bytes:"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, all threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+@dataclass
+class Sample:
+    t: float  # seconds since the sampler started
+    rss_kib: int
+    hwm_kib: int
+    write_bytes: int | None
+
+
+@dataclass
+class Sampler:
+    """Samples a process every `every` seconds in a thread until it exits or stop()."""
+
+    pid: int
+    every: float = 0.25
+    samples: list[Sample] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+    started: float = 0.0
+
+    def start(self) -> Sampler:
+        self.started = time.monotonic()
+        self._thread = threading.Thread(target=self._run, name="sampler", daemon=True)
+        self._thread.start()
+        return self
+
+    def sample(self) -> Sample | None:
+        mem = rss_kib(self.pid)
+        if mem is None:
+            return None
+        s = Sample(time.monotonic() - self.started, mem[0], mem[1], write_bytes(self.pid))
+        self.samples.append(s)
+        return s
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if self.sample() is None:
+                return
+            self._stop.wait(self.every)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+
+    @property
+    def peak_kib(self) -> int:
+        return max((max(s.rss_kib, s.hwm_kib) for s in self.samples), default=0)
+
+    def between(self, start: float, end: float) -> list[Sample]:
+        return [s for s in self.samples if start <= s.t <= end]
+
+
+def percentile(values: Sequence[float], p: float) -> float | None:
+    """The p-th percentile (0..100), nearest rank; None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), math.ceil(p / 100 * len(ordered))))
+    return ordered[rank - 1]
+
+
+def median(values: Sequence[float]) -> float | None:
+    return statistics.median(values) if values else None

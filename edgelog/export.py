@@ -1,0 +1,395 @@
+"""`edgelog export`: the readings between two instants, to CSV or Parquet, streamed.
+
+Sources
+-------
+* MariaDB (default): the `[mariadb] table`, read through an *unbuffered*
+  server-side cursor (PyMySQL's SSCursor): rows come off the socket as they are
+  written out, a chunk at a time, so a year of 1 Hz readings never sits in
+  memory. Register columns and their units come from the table itself
+  (units are the columns' comments).
+* the local buffer (`--source buffer`), for use on site while MariaDB is
+  unreachable: read in chunks by `seq` (the rowid), which is the order the
+  readings were taken in. Units come from the config.
+
+Times are UTC. An interval is half-open: `--from` included, `--to` excluded, so
+consecutive exports (day by day) neither miss nor repeat a row.
+
+Output
+------
+CSV: UTF-8, a header row naming each register column with its unit
+(`tensao_l1_n [V]`), times as ISO-8601 UTC with milliseconds
+(`2025-06-01T14:03:12.000Z`), NULL as an empty field, floats written exactly
+(shortest round-trip form). Parquet (needs pyarrow, `pip install 'edgelog[parquet]'`):
+`measured_at` as timestamp[ms, UTC], each register a float64 column whose field
+metadata holds its unit. A file is written as `NAME.part` and renamed when
+complete: an interrupted export never leaves a truncated file under the real name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import datetime as dt
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, TextIO
+
+import pymysql
+import pymysql.cursors
+
+from .buffer import Buffer
+from .clock import utc_text
+from .config import Config, MariaDBConfig
+from .errors import EdgelogError
+from .progress import Progress
+from .sync.mariadb import MariaDBSink, quote
+
+#: Columns every exported row starts with, before the register columns.
+FIXED = ("measured_at", "site", "meter", "clock_ok", "error")
+#: edgelog's own MariaDB columns (not registers).
+OWN_COLUMNS = frozenset({"id", "site", "meter", "buffer_id", "seq", "measured_at", "clock_ok", "error"})
+CHUNK_ROWS = 5000
+
+Row = tuple[Any, ...]  # (measured_at: float, site, meter, clock_ok: bool, error, *values)
+
+
+def parse_instant(text: str, what: str = "time") -> float:
+    """ISO-8601 date or date-time -> unix seconds; without a zone it is UTC."""
+    try:
+        value = dt.datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise EdgelogError(
+            f"{what}: {text!r} is not an ISO-8601 date or time (e.g. 2025-06-01 or 2025-06-01T12:00:00-03:00)"
+        ) from None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.UTC)
+    return value.timestamp()
+
+
+@dataclass(frozen=True)
+class Query:
+    """Which rows: [start, end) in unix seconds, for a site, one meter or all."""
+
+    start: float
+    end: float
+    site: str
+    meter: str | None = None
+    gaps: bool = True  # include failed polls (rows with `error` set)
+
+    def __post_init__(self) -> None:
+        if self.end <= self.start:
+            raise EdgelogError(f"the interval is empty: --to ({_iso(self.end)}) is not after --from")
+
+
+class Source(Protocol):
+    label: str
+    columns: list[str]  # register columns
+    units: dict[str, str]
+
+    def count(self) -> int: ...
+
+    def chunks(self, size: int = CHUNK_ROWS) -> Iterator[list[Row]]: ...
+
+    def close(self) -> None: ...
+
+
+# -- the local buffer ------------------------------------------------------------------
+
+
+class BufferSource:
+    """Rows of the local SQLite buffer, in the order they were taken, a chunk at a time."""
+
+    def __init__(self, path: Path, query: Query, units: dict[str, str], site: str):
+        if query.site != site:
+            raise EdgelogError(f"the buffer holds the readings of site {site!r} only, not {query.site!r}")
+        self.query = query
+        self.site = site
+        self.label = f"buffer {path}"
+        self.short_label = f"buffer {Path(path).name}"
+        self.buffer = Buffer(path, create=False)
+        self.columns = list(self.buffer.value_columns)
+        self.units = {c: units.get(c, "") for c in self.columns}
+
+    def _where(self) -> tuple[str, list[Any]]:
+        q = self.query
+        sql, params = "measured_at >= ? AND measured_at < ?", [q.start, q.end]
+        if q.meter is not None:
+            sql += " AND meter = ?"
+            params.append(q.meter)
+        if not q.gaps:
+            sql += " AND error IS NULL"
+        return sql, params
+
+    def count(self) -> int:
+        where, params = self._where()
+        return int(
+            self.buffer.db.execute_sql(f"SELECT COUNT(*) FROM readings WHERE {where}", params).fetchone()[0]
+        )
+
+    def chunks(self, size: int = CHUNK_ROWS) -> Iterator[list[Row]]:
+        where, params = self._where()
+        values = "".join(f', "{c}"' for c in self.columns)
+        sql = (
+            f"SELECT seq, measured_at, meter, clock_ok, error{values} FROM readings "
+            f"WHERE seq > ? AND {where} ORDER BY seq LIMIT ?"
+        )
+        last = 0
+        while True:
+            rows = self.buffer.db.execute_sql(sql, [last, *params, size]).fetchall()
+            if not rows:
+                return
+            last = rows[-1][0]
+            out = [(at, self.site, meter, bool(ok), err, *vals) for _seq, at, meter, ok, err, *vals in rows]
+            del rows  # hold one chunk at a time, not two
+            yield out
+            del out
+
+    def close(self) -> None:
+        self.buffer.close()
+
+
+# -- MariaDB ---------------------------------------------------------------------------
+
+
+class MariaDBSource:
+    """Rows of the MariaDB table through an unbuffered (server-side) cursor."""
+
+    def __init__(self, config: MariaDBConfig, query: Query):
+        self.config = config
+        self.query = query
+        sink = MariaDBSink(config, query.site)
+        self.label = f"MariaDB {sink.where}"
+        #: what a report names as its source: short, and no socket path or user
+        self.short_label = f"MariaDB {config.database}.{config.table}"
+        args = sink.connect_args()
+        args["read_timeout"] = args["write_timeout"] = config.connect_timeout_s  # the login, as the sink does
+        try:
+            self.conn = pymysql.connect(**args)
+        except pymysql.MySQLError as exc:
+            raise EdgelogError(f"{self.label}: {_describe(exc)}") from None
+        except (OSError, ValueError) as exc:
+            raise EdgelogError(f"{self.label}: {exc}") from None
+        self.conn._read_timeout = config.read_timeout_s  # then the query timeouts
+        self.conn._write_timeout = config.write_timeout_s
+        self.units = self._register_columns()
+        self.columns = list(self.units)
+
+    def _run(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        try:
+            with self.conn.cursor() as cur:
+                cur.execute(sql, params)
+                return list(cur.fetchall())
+        except pymysql.MySQLError as exc:
+            raise EdgelogError(f"{self.label}: {_describe(exc)}") from None
+
+    def _register_columns(self) -> dict[str, str]:
+        rows = self._run(
+            "SELECT column_name, column_comment FROM information_schema.columns "
+            "WHERE table_schema = %s AND table_name = %s ORDER BY ordinal_position",
+            (self.config.database, self.config.table),
+        )
+        if not rows:
+            raise EdgelogError(
+                f"{self.label}: no table {self.config.table!r} (has anything been synced yet?)"
+            )
+        return {name: comment for name, comment in rows if name not in OWN_COLUMNS}
+
+    def _where(self) -> tuple[str, list[Any]]:
+        q = self.query
+        sql = "site = %s AND measured_at >= %s AND measured_at < %s"
+        params: list[Any] = [q.site, utc_text(q.start), utc_text(q.end)]
+        if q.meter is not None:
+            sql += " AND meter = %s"
+            params.append(q.meter)
+        if not q.gaps:
+            sql += " AND error IS NULL"
+        return sql, params
+
+    def count(self) -> int:
+        where, params = self._where()
+        ((n,),) = self._run(f"SELECT COUNT(*) FROM {quote(self.config.table)} WHERE {where}", params)
+        return int(n)
+
+    def chunks(self, size: int = CHUNK_ROWS) -> Iterator[list[Row]]:
+        where, params = self._where()
+        values = "".join(f", {quote(c)}" for c in self.columns)
+        # The session runs in UTC (init_command), so UNIX_TIMESTAMP reads DATETIME as UTC.
+        order = "measured_at, seq" if self.query.meter is not None else "measured_at, meter, seq"
+        sql = (
+            f"SELECT UNIX_TIMESTAMP(measured_at), site, meter, clock_ok, error{values} "
+            f"FROM {quote(self.config.table)} WHERE {where} ORDER BY {order}"
+        )
+        cur = self.conn.cursor(pymysql.cursors.SSCursor)
+        try:
+            cur.execute(sql, params)
+            while True:
+                rows = cur.fetchmany(size)
+                if not rows:
+                    return
+                out = [
+                    (float(at), site, meter, bool(ok), err, *vals) for at, site, meter, ok, err, *vals in rows
+                ]
+                del rows  # hold one chunk at a time, not two
+                yield out
+                del out
+        except pymysql.MySQLError as exc:
+            raise EdgelogError(f"{self.label}: {_describe(exc)}") from None
+        finally:
+            with contextlib.suppress(pymysql.MySQLError):
+                cur.close()  # an unbuffered cursor reads what is left of the result first
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):  # closing a broken connection: nothing to do
+            self.conn.close()
+
+
+def _describe(exc: pymysql.MySQLError) -> str:
+    if len(exc.args) >= 2:
+        return f"({exc.args[0]}) {str(exc.args[1]).splitlines()[0]}"
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def open_source(cfg: Config, query: Query, source: str) -> Source:
+    if source == "buffer":
+        return BufferSource(cfg.buffer.path, query, cfg.columns(), cfg.site)
+    if source == "mariadb":
+        return MariaDBSource(cfg.mariadb, query)
+    raise EdgelogError(f"unknown source {source!r} (mariadb or buffer)")
+
+
+# -- writers ---------------------------------------------------------------------------
+
+
+def _iso(ts: float) -> str:
+    return utc_text(ts, iso=True)
+
+
+def header(columns: Sequence[str], units: dict[str, str]) -> list[str]:
+    return ["measured_at [UTC]", "site", "meter", "clock_ok", "error"] + [
+        f"{c} [{units[c]}]" if units.get(c) else c for c in columns
+    ]
+
+
+class CsvWriter:
+    def __init__(self, stream: TextIO, columns: Sequence[str], units: dict[str, str]):
+        self.out = csv.writer(stream, lineterminator="\n")
+        self.out.writerow(header(columns, units))
+
+    def write(self, rows: list[Row]) -> None:
+        self.out.writerows(
+            (_iso(at), site, meter, int(ok), err, *vals) for at, site, meter, ok, err, *vals in rows
+        )
+
+    def close(self) -> None:
+        pass
+
+
+class ParquetWriter:
+    def __init__(self, path: Path, columns: Sequence[str], units: dict[str, str]):
+        pa, pq = require_pyarrow()
+        self.pa = pa
+        self.columns = list(columns)
+        fields = [
+            pa.field("measured_at", pa.timestamp("ms", tz="UTC"), nullable=False),
+            pa.field("site", pa.string()),
+            pa.field("meter", pa.string()),
+            pa.field("clock_ok", pa.bool_()),
+            pa.field("error", pa.string()),
+        ] + [pa.field(c, pa.float64(), metadata={"unit": units.get(c, "")}) for c in self.columns]
+        self.schema = pa.schema(fields, metadata={"source": "edgelog export"})
+        self.writer = pq.ParquetWriter(str(path), self.schema, compression="zstd")
+
+    def write(self, rows: list[Row]) -> None:
+        pa = self.pa
+        cols = list(zip(*rows, strict=True))
+        arrays = [
+            pa.array([round(t * 1000) for t in cols[0]], type=pa.timestamp("ms", tz="UTC")),
+            pa.array(cols[1], pa.string()),
+            pa.array(cols[2], pa.string()),
+            pa.array(cols[3], pa.bool_()),
+            pa.array(cols[4], pa.string()),
+        ] + [pa.array(c, pa.float64()) for c in cols[5:]]
+        self.writer.write_table(pa.Table.from_arrays(arrays, schema=self.schema))
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def require_pyarrow() -> tuple[Any, Any]:
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise EdgelogError(
+            "export: Parquet needs pyarrow, which is not installed: pip install 'edgelog[parquet]'"
+        ) from None
+    return pa, pq
+
+
+# -- the command -----------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    rows: int
+    out: str
+    source: str
+
+
+def run(
+    cfg: Config,
+    query: Query,
+    out: str = "-",
+    fmt: str | None = None,
+    source: str = "mariadb",
+    stdout: TextIO | None = None,
+    progress_stream: TextIO | None = None,
+    progress_every_s: float = 10.0,
+    chunk_rows: int = CHUNK_ROWS,
+) -> Result:
+    """Export the rows of `query` from `source` to `out` ('-' for stdout, CSV only)."""
+    fmt = fmt or ("parquet" if out.endswith((".parquet", ".pq")) else "csv")
+    if fmt == "parquet":
+        if out == "-":
+            raise EdgelogError("export: Parquet goes to a file: say --out FILE.parquet")
+        require_pyarrow()  # before any work
+    src = open_source(cfg, query, source)
+    try:
+        total = src.count()
+        target = Path(out)
+        part = target.with_name(target.name + ".part")
+        stream: TextIO | None = None
+        try:
+            if fmt == "parquet":
+                writer: CsvWriter | ParquetWriter = ParquetWriter(part, src.columns, src.units)
+            elif out == "-":
+                writer = CsvWriter(stdout or sys.stdout, src.columns, src.units)
+            else:
+                stream = part.open("w", encoding="utf-8", newline="")
+                writer = CsvWriter(stream, src.columns, src.units)
+            n = 0
+            with Progress("export", total, stream=progress_stream, every_s=progress_every_s) as progress:
+                for chunk in src.chunks(chunk_rows):
+                    writer.write(chunk)
+                    n += len(chunk)
+                    progress.update(n)
+                    del chunk  # not alive while the next one is fetched
+            writer.close()
+            if stream is not None:
+                stream.close()
+                stream = None
+            if out != "-":
+                os.replace(part, target)
+        except OSError as exc:
+            raise EdgelogError(f"export: cannot write {out}: {exc.strerror or exc}") from None
+        finally:
+            if stream is not None:
+                stream.close()
+            if out != "-" and part.exists():
+                part.unlink()
+    finally:
+        src.close()
+    return Result(rows=n, out=out, source=src.label)

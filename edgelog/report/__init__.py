@@ -1,0 +1,103 @@
+"""`edgelog report`: the load study's picture and table for a day, a week or a month.
+
+    edgelog report --day 2025-06-01 --out relatorios/
+    -> relatorios/<site>_<meter>_2025-06-01.png   five panels: load curve, voltage against the
+                                                  PRODIST ranges, frequency, power factor, reactive power
+       relatorios/<site>_<meter>_2025-06-01.pdf   the same figure, and a page with the summary table
+       relatorios/<site>_<meter>_2025-06-01.html  one self-contained page: figure, table, notes
+
+Rows are streamed from MariaDB (or the buffer) into per-minute bins
+(`report.data`), so a month of 1 Hz data is read once and never held whole.
+Days are local days of `--tz` (default America/Sao_Paulo): a load curve is read
+in the hours people live by.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import time
+from pathlib import Path
+
+from ..config import Config
+from ..errors import EdgelogError
+
+try:  # the report's own dependencies (the `report` extra)
+    import matplotlib  # noqa: F401
+    import numpy  # noqa: F401
+except ImportError:  # pragma: no cover - depends on the installation
+    raise EdgelogError(
+        "report: needs matplotlib, which is not installed: pip install 'edgelog[report]'"
+    ) from None
+
+from ..export import Query, open_source
+from ..progress import Progress
+from .data import Aggregator, Period, Summary, summarize
+from .text import period_label, t
+
+__all__ = ["Aggregator", "Period", "Summary", "build", "run", "summarize"]
+
+
+def build(
+    cfg: Config, period: Period, meter: str | None = None, source: str = "mariadb"
+) -> tuple[Aggregator, str, str]:
+    """Stream the period's rows of one meter into bins: (aggregator, meter, source label)."""
+    names = [m.name for m in cfg.meters]
+    meter = meter or (names[0] if names else None)
+    if meter is None:
+        raise EdgelogError("report: the config has no meter; say --meter")
+    query = Query(period.start_ts, period.end_ts, cfg.site, meter, gaps=True)
+    src = open_source(cfg, query, source)
+    try:
+        agg = Aggregator(period.start_ts, period.end_ts, src.columns)
+        total = src.count()
+        with Progress("report", total) as progress:
+            done = 0
+            for chunk in src.chunks():
+                agg.add(chunk)
+                done += len(chunk)
+                progress.update(done)
+    finally:
+        src.close()
+    return agg, meter, src.short_label
+
+
+def run(
+    cfg: Config,
+    period: Period,
+    out_dir: Path,
+    lang: str = "pt",
+    source: str = "mariadb",
+    meter: str | None = None,
+    now: float | None = None,
+) -> list[Path]:
+    """Write the PNG, PDF and HTML of the report; return their paths."""
+    from .render import Meta, figure, png_bytes, table_figure, table_rows, write_html, write_pdf
+
+    if lang not in ("pt", "en"):
+        raise EdgelogError(f"report: no language {lang!r} (pt or en)")
+    now = time.time() if now is None else now
+    agg, meter, label = build(cfg, period, meter, source)
+    if agg.total_rows == 0:
+        when = period_label(period.kind, period.start, period.end, "en")
+        raise EdgelogError(f"report: no readings of meter {meter!r} in {when} ({label})")
+    meta = Meta(cfg.site, meter, label, lang, dt.datetime.now(period.tz))
+    summary = summarize(agg, now)
+    rows = table_rows(summary, period.tz, lang)
+    when = period_label(period.kind, period.start, period.end, lang)
+    title = f"{t(lang, 'title')}: {cfg.site} / {meter}, {when}"
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise EdgelogError(f"report: cannot create {out_dir}: {exc.strerror}") from None
+    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{cfg.site}_{meter}_{period.slug}")
+    paths = [out_dir / f"{stem}.{ext}" for ext in ("png", "pdf", "html")]
+    fig = figure(agg, period, meta, now)
+    png = png_bytes(fig)
+    try:
+        paths[0].write_bytes(png)
+        write_pdf(paths[1], [fig, table_figure(rows, period, meta)], meta, title)
+        write_html(paths[2], png, rows, period, meta, title)
+    except OSError as exc:
+        raise EdgelogError(f"report: cannot write in {out_dir}: {exc.strerror}") from None
+    return paths

@@ -1,0 +1,436 @@
+"""`edgelog sync-status`: is the logger healthy? One look for a person, one exit code for a script.
+
+Health
+------
+* **degraded** (exit 1) when the oldest unsent reading is older than `max_lag_s`
+  (MariaDB or its link has been away too long, or the worker cannot keep up), or
+  when a meter of the config has had no successful reading for more than
+  `silent_intervals` of its sampling intervals (meter, wiring or `edgelog run`
+  down), or when the clock is implausible (before 2026: every age is wrong);
+* **healthy** (exit 0) otherwise. MariaDB being unreachable *now* is not by itself
+  degraded: readings wait in the buffer, that is the design; it becomes degraded
+  through the backlog's age;
+* exit 2 (raised by the buffer) when the buffer cannot be read at all.
+
+Warnings (shown, not counted in the exit status): dropped or quarantined rows, a
+clock that is not synchronised, MariaDB unreachable with a young backlog, the
+drain rate being unknown.
+
+The figures come from the buffer (every field of `BufferStatus`, whatever fields
+it gains, plus per-meter queries on the readings table), the disk, a login to
+MariaDB and the kernel's clock state. Nothing is written.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import clock, human
+from .buffer import Buffer
+from .clock import utc_text
+from .config import Config
+from .errors import EdgelogError
+from .sync import MariaDBSink
+
+#: Default of `--max-lag`: a backlog older than this is degraded.
+DEFAULT_MAX_LAG_S = 1800.0
+#: Default of `--max-silence`: a meter without a reading for this many intervals is silent.
+DEFAULT_SILENT_INTERVALS = 10
+#: Meta key the sync worker keeps: rows/s it achieved writing its last non-empty batch.
+SYNC_RATE_KEY = "sync_rate_rows_per_s"
+HOUR_S = 3600.0
+
+
+@dataclass
+class MeterState:
+    name: str
+    interval_s: float | None  # None: in the buffer, no longer in the config
+    last_reading_at: float | None = None
+    last_poll_at: float | None = None
+    last_poll_error: str | None = None
+    polls_last_hour: int = 0
+    failed_polls_last_hour: int = 0
+    silent: bool = False
+
+    def age_s(self, now: float) -> float | None:
+        return None if self.last_reading_at is None else now - self.last_reading_at
+
+
+@dataclass
+class Health:
+    now: float
+    site: str
+    buffer: dict[str, Any]  # asdict(BufferStatus): every field it has
+    buffer_max_bytes: int
+    meters: list[MeterState]
+    max_lag_s: float
+    silent_intervals: float
+    disk_free_bytes: int | None = None
+    disk_total_bytes: int | None = None
+    sync_rate: float | None = None
+    mariadb_reachable: bool | None = None
+    mariadb_error: str | None = None
+    clock_synchronised: bool | None = None
+    clock_plausible: bool = True
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def state(self) -> str:
+        return "degraded" if self.problems else "healthy"
+
+    @property
+    def exit_status(self) -> int:
+        return 1 if self.problems else 0
+
+    @property
+    def lag_s(self) -> float | None:
+        oldest = self.buffer.get("oldest_unsent_at")
+        return None if oldest is None else max(0.0, self.now - oldest)
+
+    @property
+    def arrival_rate(self) -> float:
+        """Rows per second the meters add to the buffer."""
+        return sum(1.0 / m.interval_s for m in self.meters if m.interval_s)
+
+    @property
+    def drain_eta_s(self) -> float | None:
+        """Seconds until nothing is unsent, at the last measured rate (None: unknown or never)."""
+        unsent = self.buffer.get("unsent") or 0
+        if not unsent:
+            return 0.0
+        if self.sync_rate is None or self.mariadb_reachable is False:
+            return None
+        net = self.sync_rate - self.arrival_rate
+        return unsent / net if net > 0 else None
+
+    # -- output ----------------------------------------------------------------------
+
+    def to_json(self) -> dict[str, Any]:
+        """Every figure, machine-readable: times ISO-8601 UTC, durations in seconds."""
+        data: dict[str, Any] = {
+            k: (_iso(v) if k.endswith("_at") and isinstance(v, int | float) else v)
+            for k, v in self.buffer.items()
+        }
+        data.update(
+            mariadb_reachable=self.mariadb_reachable,
+            mariadb_error=self.mariadb_error,
+            state=self.state,
+            problems=list(self.problems),
+            warnings=list(self.warnings),
+            checked_at=_iso(self.now),
+            lag_s=_round(self.lag_s),
+            max_lag_s=self.max_lag_s,
+            sync_rate_rows_per_s=_round(self.sync_rate),
+            drain_eta_s=_round(self.drain_eta_s),
+            buffer_max_bytes=self.buffer_max_bytes,
+            disk_free_bytes=self.disk_free_bytes,
+            disk_total_bytes=self.disk_total_bytes,
+            clock_synchronised=self.clock_synchronised,
+            clock_plausible=self.clock_plausible,
+            silent_after_intervals=self.silent_intervals,
+            meters={
+                m.name: {
+                    "interval_s": m.interval_s,
+                    "last_reading_at": _iso(m.last_reading_at),
+                    "age_s": _round(m.age_s(self.now)),
+                    "last_poll_at": _iso(m.last_poll_at),
+                    "last_poll_error": m.last_poll_error,
+                    "polls_last_hour": m.polls_last_hour,
+                    "failed_polls_last_hour": m.failed_polls_last_hour,
+                    "silent": m.silent,
+                }
+                for m in self.meters
+            },
+        )
+        return data
+
+
+def _iso(ts: float | None) -> str | None:
+    return None if ts is None else utc_text(ts, iso=True)
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None or not math.isfinite(x) else round(x, 3)
+
+
+# -- gathering -----------------------------------------------------------------------------
+
+
+def evaluate(
+    cfg: Config,
+    max_lag_s: float = DEFAULT_MAX_LAG_S,
+    silent_intervals: float = DEFAULT_SILENT_INTERVALS,
+    now: float | None = None,
+    ping: bool = True,
+) -> Health:
+    """Read the buffer (BufferError, exit 2, if it cannot be read), ask MariaDB, judge."""
+    buffer = Buffer(cfg.buffer.path, create=False)
+    try:
+        status = buffer.status()
+        now = time.time() if now is None else now
+        meters = _meters(buffer, cfg, now, silent_intervals)
+        rate = _float_or_none(buffer.get_meta(SYNC_RATE_KEY))
+    finally:
+        buffer.close()
+    health = Health(
+        now=now,
+        site=cfg.site,
+        buffer=asdict(status),
+        buffer_max_bytes=int(cfg.buffer.max_mb * 1024 * 1024),
+        meters=meters,
+        max_lag_s=max_lag_s,
+        silent_intervals=silent_intervals,
+        sync_rate=rate,
+    )
+    try:
+        usage = shutil.disk_usage(Path(cfg.buffer.path).parent)
+        health.disk_free_bytes, health.disk_total_bytes = usage.free, usage.total
+    except OSError:
+        pass
+    if ping:
+        sink = MariaDBSink(cfg.mariadb, cfg.site)
+        try:
+            sink.ping()
+            health.mariadb_reachable = True
+        except EdgelogError as exc:
+            health.mariadb_reachable, health.mariadb_error = False, str(exc)
+        finally:
+            sink.close()
+    health.clock_synchronised = clock.kernel_synchronised()
+    health.clock_plausible = now >= clock.EARLIEST_PLAUSIBLE
+    judge(health)
+    return health
+
+
+def _float_or_none(text: str | None) -> float | None:
+    try:
+        value = float(text) if text is not None else None
+    except ValueError:
+        return None
+    return value if value is not None and math.isfinite(value) and value > 0 else None
+
+
+def _meters(buffer: Buffer, cfg: Config, now: float, silent_intervals: float) -> list[MeterState]:
+    db = buffer.db
+    states = {m.name: MeterState(m.name, m.interval_s) for m in cfg.meters}
+    # The last hour, newest first by seq (the rowid: no index needed). Enough rows for
+    # every configured meter's hour at its interval, twice over.
+    expected = sum(HOUR_S / m.interval_s for m in cfg.meters) if cfg.meters else 3600.0
+    limit = int(min(2 * expected + 1000, 2_000_000))
+    recent = db.execute_sql(
+        "SELECT meter, measured_at, error IS NOT NULL FROM readings ORDER BY seq DESC LIMIT ?", (limit,)
+    )
+    for meter, at, failed in recent:
+        if at < now - HOUR_S or at > now + 60:
+            continue
+        state = states.setdefault(meter, MeterState(meter, None))
+        state.polls_last_hour += 1
+        state.failed_polls_last_hour += int(failed)
+    for name, state in states.items():
+        row = db.execute_sql(
+            "SELECT measured_at FROM readings WHERE meter = ? AND error IS NULL ORDER BY seq DESC LIMIT 1",
+            (name,),
+        ).fetchone()
+        state.last_reading_at = row[0] if row else None
+        row = db.execute_sql(
+            "SELECT measured_at, error FROM readings WHERE meter = ? ORDER BY seq DESC LIMIT 1", (name,)
+        ).fetchone()
+        if row:
+            state.last_poll_at, state.last_poll_error = row
+        if state.interval_s:
+            age = state.age_s(now)
+            state.silent = age is None or age > silent_intervals * state.interval_s
+    return list(states.values())
+
+
+def judge(health: Health) -> None:
+    """Fill `problems` (degraded) and `warnings` (shown only)."""
+    h = health
+    if not h.clock_plausible:
+        h.problems.append(f"the clock says {human.instant(h.now)}, before 2026: it restarted in the past")
+    lag = h.lag_s
+    if lag is not None and lag > h.max_lag_s:
+        why = "MariaDB unreachable" if h.mariadb_reachable is False else "sync not keeping up"
+        h.problems.append(
+            f"backlog {human.duration(lag)} behind (limit {human.duration(h.max_lag_s)}): {why}"
+        )
+    for m in h.meters:
+        if not m.silent:
+            continue
+        limit = h.silent_intervals * (m.interval_s or 0)
+        if m.last_reading_at is None:
+            h.problems.append(f"meter {m.name}: no reading in this buffer yet")
+        else:
+            h.problems.append(
+                f"meter {m.name}: silent for {human.duration(m.age_s(h.now))} (limit {human.duration(limit)})"
+            )
+    if h.mariadb_reachable is False and (lag is None or lag <= h.max_lag_s):
+        h.warnings.append("MariaDB unreachable now; readings wait in the buffer")
+    if h.clock_synchronised is False and h.clock_plausible:
+        h.warnings.append("clock not synchronised: new readings are flagged clock_ok=0")
+    for key, value in h.buffer.items():
+        if (key.startswith(("dropped", "quarantin")) or "corrupt" in key) and _nonzero(value):
+            h.warnings.append(f"{key.replace('_', ' ')}: {_show(key, value, h.now)}")
+    if h.buffer.get("unsent") and h.sync_rate is None and h.mariadb_reachable:
+        h.warnings.append("drain rate unknown until the sync worker records one")
+
+
+def _nonzero(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float):
+        return value > 0
+    return bool(value)
+
+
+# -- the screen ----------------------------------------------------------------------------
+
+#: BufferStatus fields the screen shows in its own lines; any other field is listed under "Buffer".
+_SHOWN = {
+    "path",
+    "buffer_id",
+    "unsent",
+    "oldest_unsent_at",
+    "failed_polls_unsent",
+    "last_reading_at",
+    "last_sync_at",
+    "last_error",
+    "last_error_at",
+    "dropped_total",
+    "size_bytes",
+    "readings_total",
+    "sent_upto",
+}
+
+
+def render(h: Health, colour: bool = False) -> str:
+    """One screen (about 20 lines of at most ~80 columns) for a person."""
+    b, now = h.buffer, h.now
+    ok = h.state == "healthy"
+    lines = [
+        f"edgelog {human.paint('sync-status', 'bold', colour)} · site {h.site} · {human.instant(now)}",
+        "State    "
+        + human.paint("HEALTHY" if ok else "DEGRADED", "green" if ok else "red", colour)
+        + ("" if ok else ": " + h.problems[0]),
+    ]
+    lines += [f"         {p}" for p in h.problems[1:]]
+    lines.append("")
+    lines.append("Meters   name           last reading            age          failed polls (1 h)")
+    for m in h.meters:
+        age = m.age_s(now)
+        text = f"         {m.name:<14} {_when(m.last_reading_at):<23} {human.duration(age):<12} "
+        text += f"{human.count(m.failed_polls_last_hour)} of {human.count(m.polls_last_hour)}"
+        if m.silent:
+            text = human.paint(text + "  SILENT", "red", colour)
+        elif m.interval_s is None:
+            text += "  (not in config)"
+        lines.append(text)
+        if m.last_poll_error and (m.last_reading_at is None or (m.last_poll_at or 0) > m.last_reading_at):
+            lines.append(f"{'':26}last poll failed: {_clip(m.last_poll_error, 50)}")
+    lines.append("")
+    size_line = f"Buffer   {human.size(b.get('size_bytes'))} of {human.size(h.buffer_max_bytes)}"
+    if h.disk_free_bytes is not None:
+        size_line += f"; {human.size(h.disk_free_bytes)} free on disk"
+    lines.append(size_line + f"  ({b.get('path')})")
+    unsent = b.get("unsent") or 0
+    if unsent:
+        lag = h.lag_s
+        behind = f"{human.duration(lag)} behind"
+        if lag is not None and lag > h.max_lag_s:
+            behind = human.paint(behind, "red", colour)
+        failed = b.get("failed_polls_unsent") or 0
+        lines.append(
+            f"Backlog  {human.count(unsent)} unsent"
+            + (f" ({human.count(failed)} failed polls)" if failed else "")
+            + f"; oldest {behind}"
+        )
+        eta = h.drain_eta_s
+        if h.mariadb_reachable is False:
+            drain = "waiting for MariaDB"
+        elif eta is not None:
+            drain = f"about {human.duration(eta)} to drain at {human.rate(h.sync_rate)}"
+        elif h.sync_rate is not None:
+            drain = f"{human.rate(h.sync_rate)}: not faster than readings arrive"
+        else:
+            drain = "time to drain unknown (no measured rate yet)"
+        lines.append(f"         {drain}")
+    else:
+        lines.append("Backlog  nothing unsent")
+    lines.append(f"Sync     last batch {_ago(b.get('last_sync_at'), now)}")
+    if b.get("last_error"):
+        lines.append(f"         last error {_ago(b.get('last_error_at'), now)}: {_clip(b['last_error'], 52)}")
+    if h.mariadb_reachable:
+        lines.append("MariaDB  " + human.paint("answers now", "green", colour))
+    elif h.mariadb_reachable is False:
+        # "MariaDB user@host:port/db: (2003) Can't connect ...": the cause is after the first ": "
+        cause = (h.mariadb_error or "").partition(": ")[2] or h.mariadb_error
+        lines.append("MariaDB  " + human.paint("unreachable now", "yellow", colour) + ": " + _clip(cause, 54))
+    losses = [f"{human.count(b.get('dropped_total') or 0)} dropped"]
+    quarantine = [(k, v) for k, v in b.items() if _is_quarantine_count(k, v)]
+    losses += [f"{_show(k, v, now)} {k.replace('_', ' ')}" for k, v in quarantine]
+    if len(losses) == 1:
+        losses.append("quarantine: n/a")
+    lines.append("Losses   " + ", ".join(losses))
+    if not h.clock_plausible:
+        clk = human.paint("implausible (before 2026)", "red", colour)
+    elif h.clock_synchronised:
+        clk = "synchronised"
+    elif h.clock_synchronised is False:
+        clk = human.paint("NOT synchronised (readings flagged clock_ok=0)", "yellow", colour)
+    else:
+        clk = "sync state unknown"
+    lines.append(f"Clock    {clk}")
+    lines.append(
+        f"Totals   {human.count(b.get('readings_total'))} readings ever; sent up to seq "
+        f"{b.get('sent_upto')}; buffer id {b.get('buffer_id')}"
+    )
+    others = [(k, v) for k, v in b.items() if k not in _SHOWN and not _is_quarantine_count(k, v)]
+    for k, v in others:
+        lines.append(f"         {k.replace('_', ' ')}: {_show(k, v, now)}")
+    for w in h.warnings:
+        lines.append(human.paint(f"Note     {w}", "yellow", colour))
+    return "\n".join(lines)
+
+
+def _is_quarantine_count(key: str, value: Any) -> bool:
+    return key.startswith("quarantin") and isinstance(value, int) and not isinstance(value, bool)
+
+
+def _when(ts: float | None) -> str:
+    return "never" if ts is None else human.instant(ts).removesuffix(" UTC")
+
+
+def _ago(ts: float | None, now: float) -> str:
+    return "never" if ts is None else f"{human.duration(now - ts)} ago"
+
+
+def _clip(text: str | None, n: int) -> str:
+    text = (text or "").replace("\n", " ")
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def _show(key: str, value: Any, now: float) -> str:
+    """A BufferStatus field of any name, in human units guessed from its name and type."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if key.endswith("_at") and isinstance(value, int | float):
+        return f"{human.instant(value)} ({_ago(value, now)})"
+    if key.endswith("bytes") and isinstance(value, int | float):
+        return human.size(value)
+    if key.endswith("_s") and isinstance(value, int | float):
+        return human.duration(value)
+    if isinstance(value, int):
+        return human.count(value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list | tuple):
+        return ", ".join(str(x) for x in value) or "none"
+    return _clip(str(value), 60)

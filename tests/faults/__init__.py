@@ -1,0 +1,1 @@
+"""Fault injection against the real `edgelog run`, a real MariaDB and real Modbus servers."""

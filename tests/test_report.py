@@ -1,0 +1,239 @@
+"""`edgelog report`: PNG, PDF and HTML of a day, and the numbers of its summary.
+
+A whole day cannot come from a test-length `edgelog run`, so the day here is
+synthetic: the simulator's own `plant_values()` every 30 s, written through the
+real `Buffer.append` and forwarded by the real sync worker into the real
+MariaDB, with an hour without rows (a power cut) and five minutes of failed
+polls. A second test renders what a real, short `edgelog run` wrote.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import struct
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+from conftest import LoggerDB, edgelog, meter_toml, start_edgelog, stop, wait_for, write_config
+
+from edgelog import config as config_mod
+from edgelog.buffer import Buffer
+from edgelog.config import MariaDBConfig
+from edgelog.errors import EdgelogError
+from edgelog.profiles import PAC3100_ENERGIA as PROFILE
+from edgelog.report import Period, build, summarize
+from edgelog.report.render import Meta, figure
+from edgelog.report.text import PANELS, TEXT
+from edgelog.simulate import SimulatorThread, plant_values
+from edgelog.sync import MariaDBSink, SyncWorker
+
+COLUMNS = [r.name for r in PROFILE.registers]
+UNITS = {r.name: r.unit for r in PROFILE.registers}
+TZ = ZoneInfo("America/Sao_Paulo")
+DAY = "2026-06-01"
+STEP_S = 30.0  # 2 880 readings: Buffer.append costs about 1 ms each
+OFF = (3 * 3600, 4 * 3600)  # local 03:00-04:00: no rows at all
+FAILED = (14 * 3600, 14 * 3600 + 300)  # local 14:00-14:05: failed polls
+
+
+@pytest.fixture
+def simulator(simulator_energia: SimulatorThread) -> SimulatorThread:
+    """The energy counters are part of these tests: profile pac3100-energia."""
+    return simulator_energia
+
+
+def synthetic_day(path: Path, day: str = DAY, meter: str = "pac1") -> dict[str, Any]:
+    """Write a day of readings into the buffer at `path`; return what the report must find."""
+    start = dt.datetime.combine(dt.date.fromisoformat(day), dt.time(), TZ).timestamp()
+    buffer = Buffer(path, COLUMNS)
+    good: list[tuple[float, dict[str, float]]] = []
+    failed = 0
+    try:
+        with buffer.db.atomic():  # one transaction: one fsync, not one per reading
+            for k in range(int(86400 / STEP_S)):
+                offset = k * STEP_S
+                at = start + offset
+                if OFF[0] <= offset < OFF[1]:
+                    continue
+                if FAILED[0] <= offset < FAILED[1]:
+                    buffer.append(meter, at, None, error="no answer from unit 126 on /dev/ttyUSB0")
+                    failed += 1
+                    continue
+                values = plant_values(at)
+                buffer.append(meter, at, values)
+                good.append((at, values))
+    finally:
+        buffer.close()
+    p_total = [(at, sum(v[f"potencia_ativa_l{k}"] for k in (1, 2, 3))) for at, v in good]
+    windows: dict[int, list[float]] = {}
+    for at, p in p_total:
+        windows.setdefault(int((at - start) // 900), []).append(p)
+    demand = {w: sum(ps) / len(ps) for w, ps in windows.items() if len(ps) >= 900 / STEP_S / 2}
+    peak_window = max(demand, key=demand.__getitem__)
+    return {
+        "start": start,
+        "good": good,
+        "failed": failed,
+        "energy_kwh": sum(p for _, p in p_total) * STEP_S / 3600 / 1000,
+        "counter_kwh": (good[-1][1]["energia_ativa"] - good[0][1]["energia_ativa"]) / 1000,
+        "peak_kw": demand[peak_window] / 1000,
+        "peak_at": start + peak_window * 900,
+        "v_min": min(v["tensao_l1_n"] for _, v in good),
+        "v_max": max(v["tensao_l1_n"] for _, v in good),
+    }
+
+
+def sync_to_mariadb(path: Path, logger_db: LoggerDB, site: str = "test-site") -> int:
+    """Forward the buffer with the real sync worker into the test's MariaDB database."""
+    mariadb = MariaDBConfig(
+        user=logger_db.user,
+        password_file=logger_db.password_file,
+        unix_socket=logger_db.socket,
+        database=logger_db.database,
+    )
+    buffer = Buffer(path, create=False)
+    sink = MariaDBSink(mariadb, site)
+    try:
+        return SyncWorker(buffer, sink, UNITS, 2000).drain()
+    finally:
+        sink.close()
+        buffer.close()
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_a_day_from_mariadb_png_pdf_and_html_with_its_panels_and_numbers(
+    tmp_path: Path, logger_db: LoggerDB
+) -> None:
+    buffer_path = tmp_path / "buffer.sqlite3"
+    expected = synthetic_day(buffer_path)
+    assert sync_to_mariadb(buffer_path, logger_db) == len(expected["good"]) + expected["failed"]
+    config = write_config(
+        tmp_path, logger_db.toml(), meter_toml(5020, interval_s=STEP_S, profile="pac3100-energia")
+    )
+    out = tmp_path / "relatorios"
+
+    result = edgelog("report", "--day", DAY, "--out", str(out), config=config, timeout=120)
+    assert result.returncode == 0, result.stderr
+    paths = [Path(line) for line in result.stdout.split()]
+    assert [p.name for p in paths] == [f"test-site_pac1_{DAY}.{ext}" for ext in ("png", "pdf", "html")]
+    assert all(p.parent == out and p.stat().st_size > 10_000 for p in paths)
+    assert png_size(paths[0]) == (1654, 2338)  # A4 portrait at 200 dpi
+    pdf = paths[1].read_bytes()
+    assert pdf.startswith(b"%PDF") and len(re.findall(rb"/Type /Page[^s]", pdf)) == 2  # figure, table
+    page = paths[2].read_text(encoding="utf-8")
+    assert page.startswith("<!doctype html>") and '<html lang="pt-BR">' in page
+    assert "data:image/png;base64," in page
+    for key in PANELS:  # every panel, named in the figure's caption
+        assert f"<li>{TEXT['pt'][key]}</li>" in page, key
+    for label in ("Demanda máxima (integração de 15 min)", "Fator de carga", "Horas sem dados", "PRODIST"):
+        assert label in page
+    assert "Estudo de carga: test-site / pac1, 1 de junho de 2026" in page
+
+    # The numbers, streamed from MariaDB like the command does.
+    cfg = config_mod.load(config)
+    period = Period.parse(day=DAY)
+    agg, meter, source = build(cfg, period)
+    assert meter == "pac1" and source.startswith("MariaDB ")
+    s = summarize(agg, now=period.end_ts + 3600)
+    assert s.interval_s == STEP_S
+    assert s.rows == len(expected["good"]) + expected["failed"] and s.failed_polls == expected["failed"]
+    assert s.energy_kwh == pytest.approx(expected["energy_kwh"], rel=1e-9)
+    assert s.counter_kwh == pytest.approx(expected["counter_kwh"], rel=1e-12)
+    # the counter also counts the hour without rows: integrated < counter, by about that hour's energy
+    assert 0.01 < (s.counter_kwh - s.energy_kwh) / s.counter_kwh < 0.05
+    assert s.peak_kw == pytest.approx(expected["peak_kw"], rel=1e-9)
+    assert s.peak_at == expected["peak_at"]
+    assert dt.datetime.fromtimestamp(s.peak_at, TZ).hour in (18, 19, 20)  # the evening peak
+    assert s.load_factor == pytest.approx(s.energy_kwh / s.covered_h / s.peak_kw)
+    assert 0.3 < s.load_factor < 0.6
+    _avg, lo, hi = s.voltage["tensao_l1_n"]
+    assert (lo, hi) == (pytest.approx(expected["v_min"]), pytest.approx(expected["v_max"]))
+    assert s.hours_no_rows == pytest.approx(1.0) and s.hours_failed_polls == pytest.approx(5 / 60)
+    assert s.hours_no_data == pytest.approx(1 + 5 / 60) and s.hours_dead_bus == 0
+    assert s.drc == {1: 0.0, 2: 0.0, 3: 0.0}  # the simulated plant stays within 117..133 V
+    assert 0 < s.fd95 < 3.0 and 0.85 < s.pf_total < 1.0
+    assert s.freq is not None and 59.5 < s.freq[1] <= s.freq[0] <= s.freq[2] < 60.5
+
+    fig = figure(agg, period, Meta("test-site", "pac1", source, "pt", dt.datetime.now(TZ)), now=period.end_ts)
+    assert [ax.get_title(loc="left") for ax in fig.axes] == [TEXT["pt"][key] for key in PANELS]
+    shaded = [p for p in fig.axes[0].patches if p.get_width() > 0]  # the hour off and the failed polls
+    assert len(shaded) == 2
+
+
+def test_a_short_real_run_in_english_from_the_buffer(
+    tmp_path: Path, simulator: SimulatorThread, logger_db: LoggerDB
+) -> None:
+    config = write_config(
+        tmp_path, logger_db.toml(), meter_toml(simulator.port, interval_s=0.2, profile="pac3100-energia")
+    )
+    proc = start_edgelog("run", config=config, log=tmp_path / "run.log")
+    try:
+        wait_for(lambda: len(simulator.sim.served) >= 10, what="10 polls")
+    finally:
+        assert stop(proc) == 0
+    today = dt.datetime.now(TZ).date().isoformat()
+    out = tmp_path / "out"
+    args = ("report", "--day", today, "--lang", "en", "--source", "buffer", "--out", str(out))
+    result = edgelog(*args, config=config, timeout=120)
+    assert result.returncode == 0, result.stderr
+    html_path = Path(result.stdout.split()[2])
+    page = html_path.read_text(encoding="utf-8")
+    assert '<html lang="en">' in page and "Load study: test-site / pac1" in page
+    for key in PANELS:
+        assert f"<li>{TEXT['en'][key]}</li>" in page
+    assert png_size(html_path.with_suffix(".png")) == (1654, 2338)
+
+    cfg = config_mod.load(config)
+    period = Period.parse(day=today)
+    agg, _, _ = build(cfg, period, source="buffer")
+    s = summarize(agg)
+    assert s.rows == len(simulator.sim.served)  # every poll of the run
+    assert s.interval_s == pytest.approx(0.2, abs=0.01)
+    assert s.hours_no_data > 0 and s.covered_h < 0.01  # a few seconds of a day
+    assert s.counter_kwh is not None and s.counter_kwh > 0  # the simulated counters moved
+
+
+def test_report_errors_are_one_line(tmp_path: Path, logger_db: LoggerDB) -> None:
+    buffer_path = tmp_path / "buffer.sqlite3"
+    Buffer(buffer_path, COLUMNS).close()
+    config = write_config(tmp_path, logger_db.toml(), meter_toml(5020, profile="pac3100-energia"))
+    cases = [
+        (("--day", "2026-06-01", "--source", "buffer"), "no readings of meter 'pac1' in June 1, 2026"),
+        (("--day", "yesterday"), "--day: 'yesterday' is not a date"),
+    ]
+    for args, message in cases:
+        result = edgelog("report", *args, "--out", str(tmp_path / "out"), config=config)
+        assert result.returncode == 1, (args, result.stderr)
+        (line,) = result.stderr.splitlines()
+        assert line.startswith("edgelog: error: ") and message in line, line
+    assert not (tmp_path / "out").exists()
+    for kwargs, message in [
+        ({"month": "2026-13"}, "is not a month"),
+        ({"week": "2026-W60"}, "no week"),
+        ({"day": "2026-06-01", "tz": "Mars/Olympus"}, "unknown time zone"),
+        ({}, "say --day, --week or --month"),
+    ]:
+        with pytest.raises(EdgelogError, match=message):
+            Period.parse(**kwargs)
+
+
+def test_periods_are_local_days_weeks_and_months() -> None:
+    day = Period.parse(day="2026-06-01")
+    assert day.start == dt.datetime(2026, 6, 1, tzinfo=TZ) and day.end - day.start == dt.timedelta(days=1)
+    assert day.start_ts == dt.datetime(2026, 6, 1, 3, tzinfo=dt.UTC).timestamp()  # Brasília is UTC-3
+    week = Period.parse(week="2026-06-03")  # a Wednesday: its week starts on Monday the 1st
+    assert week.start.date() == dt.date(2026, 6, 1) and week.slug == "2026-W23"
+    assert Period.parse(week="2026-W23").start == week.start
+    month = Period.parse(month="2026-12")
+    assert (month.start.date(), month.end.date()) == (dt.date(2026, 12, 1), dt.date(2027, 1, 1))
+    assert (day.display_bin_s, week.display_bin_s, month.display_bin_s) == (60, 600, 1800)
+    utc = Period.parse(day="2026-06-01", tz="UTC")
+    assert utc.start_ts - day.start_ts == -3 * 3600
