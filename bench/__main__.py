@@ -59,7 +59,8 @@ def machine(bench: Bench) -> dict[str, Any]:
             return "?"
 
     return {
-        "uname": " ".join(platform.uname()),
+        "uname": subprocess.run(["uname", "-a"], capture_output=True, text=True).stdout.strip()
+        or " ".join(platform.uname()),
         "nproc": os.cpu_count(),
         "cpu": cpu,
         "memory": mem.split(":", 1)[-1].strip(),
@@ -390,6 +391,8 @@ def table(r: dict[str, Any]) -> str:
             f"{s['readings']:,}, {s['missed']}",
         )
     )
+    for cause, missed in s["missed_by_cause"].items():
+        rows.append(("4 cadence", f"  missed because of: {cause}", str(missed)))
     rows.append(
         (
             "4 cadence",

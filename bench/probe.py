@@ -5,6 +5,7 @@
 runs the real `edgelog.cli.main()` in this process after wrapping, without
 changing what they do:
 
+* `GridJob.run` — the grid instant the cadence is running a job for (``due_at``);
 * `Service.poll` — when the poll of a meter starts (the cadence fires);
 * `Buffer.append` — the reading's ``measured_at`` (taken by `Meter.read()` right
   after the meter's response) and the moment ``append()`` returned, i.e. the
@@ -37,6 +38,7 @@ class Recorder:
         self.poll_start = array("d")
         self.append_meter: list[str] = []
         self.append_poll_start = array("d")
+        self.append_due = array("d")
         self.append_measured = array("d")
         self.append_durable = array("d")
         self.append_seq = array("q")
@@ -49,8 +51,10 @@ class Recorder:
         self.services: list[Any] = []
         self.lock = threading.Lock()
         self._current_start = 0.0
+        self._current_due = 0.0
 
     def install(self) -> None:
+        from edgelog import cadence as cadence_mod
         from edgelog import service as service_mod
         from edgelog.buffer import store
         from edgelog.sync import worker as worker_mod
@@ -70,6 +74,11 @@ class Recorder:
 
         append, mark_sent = buffer_cls.append, buffer_cls.mark_sent
         drain = worker_mod.SyncWorker.drain
+        job_run = cadence_mod.GridJob.run
+
+        def probe_job_run(job: Any, *args: Any, **kwargs: Any) -> Any:
+            rec._current_due = job.due_at or 0.0  # the instant this run is for
+            return job_run(job, *args, **kwargs)
 
         def probe_drain(worker: Any, *args: Any, **kwargs: Any) -> Any:
             started = time.time()
@@ -93,6 +102,7 @@ class Recorder:
             with rec.lock:
                 rec.append_meter.append(meter)
                 rec.append_poll_start.append(rec._current_start)
+                rec.append_due.append(rec._current_due)
                 rec.append_measured.append(measured_at)
                 rec.append_durable.append(durable)
                 rec.append_seq.append(int(seq) if seq is not None else -1)
@@ -115,6 +125,7 @@ class Recorder:
         buffer_cls.append = probe_append  # type: ignore[method-assign]
         buffer_cls.mark_sent = probe_mark_sent  # type: ignore[method-assign]
         worker_mod.SyncWorker.drain = probe_drain  # type: ignore[method-assign]
+        cadence_mod.GridJob.run = probe_job_run  # type: ignore[method-assign]
 
     def cadence_stats(self) -> list[dict[str, Any]]:
         out = []
@@ -147,6 +158,7 @@ class Recorder:
             "append": {
                 "meter": self.append_meter,
                 "poll_start": list(self.append_poll_start),
+                "due": list(self.append_due),
                 "measured_at": list(self.append_measured),
                 "durable_at": list(self.append_durable),
                 "seq": list(self.append_seq),

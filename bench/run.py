@@ -521,7 +521,8 @@ class Bench:
                 )
                 table = f"`{database}`.`{TABLE}`"
                 cur.execute(
-                    f"SELECT {cols} FROM {table} WHERE seq %% %s = 0 ORDER BY seq LIMIT %s", (step, sample)
+                    f"SELECT {cols} FROM {table} WHERE site = %s AND seq %% %s = 0 ORDER BY seq LIMIT %s",
+                    (SITE, step, sample),
                 )
                 got = {r[0]: r for r in cur.fetchall()}
         finally:
@@ -857,6 +858,7 @@ class Bench:
             "response_to_durable": _stats_ms([x["response_to_durable"] for x in live]),
             "grid_to_durable": _stats_ms([x["grid_to_durable"] for x in live]),
             "missed": _missed([x["slot"] for x in live]),
+            "missed_by_cause": _gap_causes(live, probe.get("housekeeping", []), plan.live_interval_s),
             "cadence_counters": probe["cadence"],
             "timestamp_error": _stats_ms(errors),
             "poll_start_late": _stats_ms(late),
@@ -959,7 +961,9 @@ def _live_readings(probe: dict[str, Any], interval: float) -> list[dict[str, Any
     out = []
     for i, meter in enumerate(app["meter"]):
         poll_start = app["poll_start"][i]
-        slot = round(poll_start / interval)
+        due = app["due"][i] if app.get("due") else 0.0
+        # the grid instant the cadence ran this poll for (from GridJob.due_at)
+        slot = round((due or poll_start) / interval)
         durable = app["durable_at"][i]
         measured = app["measured_at"][i]
         out.append(

@@ -166,11 +166,11 @@ def _connect(buffer: Path) -> sqlite3.Connection:
 def _retrying(read):
     """Run `read`; a file caught while the logger creates it, or while its WAL files
     change hands, is read again a moment later (then through a read-write connection)."""
-    for attempt in range(20):
+    for _ in range(20):
         try:
             return read(_connect)
         except sqlite3.OperationalError as exc:
-            if "unable to open" not in str(exc) or attempt == 19:
+            if "unable to open" not in str(exc):
                 raise
             time.sleep(0.05)
     return read(lambda b: sqlite3.connect(b, timeout=30))
@@ -203,7 +203,12 @@ def buffer_rows(buffer: Path, where: str = "1", *params: Any) -> list[dict[str, 
                 dict(r) for r in conn.execute(f"SELECT * FROM readings WHERE {where} ORDER BY seq", params)
             ]
 
-    return _retrying(read)
+    try:
+        return _retrying(read)
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):  # a start killed before it created the table
+            return []
+        raise
 
 
 def buffer_count(buffer: Path) -> int:
@@ -395,7 +400,7 @@ def assert_cadence(times: list[float], interval: float, start: float, end: float
     slots = (end - start) / interval
     missed, longest = missed_slots(times, interval)
     assert longest * interval < NOISE_RUN_S, f"{longest} slots in a row without a poll"
-    assert missed <= NOISE_SHARE * slots, f"{missed} of {slots:.0f} slots without a poll"
+    assert missed <= max(2, NOISE_SHARE * slots), f"{missed} of {slots:.0f} slots without a poll"
     assert len(times) <= int(end // interval) - int(start // interval) + 1, "more polls than slots: a burst"
 
 
