@@ -115,13 +115,7 @@ class BufferSource:
 
     def _where(self) -> tuple[str, list[Any]]:
         q = self.query
-        sql, params = "measured_at >= ? AND measured_at < ?", [q.start, q.end]
-        if q.meter is not None:
-            sql += " AND meter = ?"
-            params.append(q.meter)
-        if not q.gaps:
-            sql += " AND error IS NULL"
-        return sql, params
+        return _filters(q, "measured_at >= ? AND measured_at < ?", [q.start, q.end], "?")
 
     def count(self) -> int:
         where, params = self._where()
@@ -149,6 +143,17 @@ class BufferSource:
 
     def close(self) -> None:
         self.buffer.close()
+
+
+def _filters(query: Query, sql: str, params: list[Any], mark: str) -> tuple[str, list[Any]]:
+    """`sql` (the time range) plus the query's meter and gap filters; `mark` is the
+    driver's placeholder."""
+    if query.meter is not None:
+        sql += f" AND meter = {mark}"
+        params.append(query.meter)
+    if not query.gaps:
+        sql += " AND error IS NULL"
+    return sql, params
 
 
 # -- MariaDB ---------------------------------------------------------------------------
@@ -199,14 +204,12 @@ class MariaDBSource:
 
     def _where(self) -> tuple[str, list[Any]]:
         q = self.query
-        sql = "site = %s AND measured_at >= %s AND measured_at < %s"
-        params: list[Any] = [q.site, utc_text(q.start), utc_text(q.end)]
-        if q.meter is not None:
-            sql += " AND meter = %s"
-            params.append(q.meter)
-        if not q.gaps:
-            sql += " AND error IS NULL"
-        return sql, params
+        return _filters(
+            q,
+            "site = %s AND measured_at >= %s AND measured_at < %s",
+            [q.site, utc_text(q.start), utc_text(q.end)],
+            "%s",
+        )
 
     def count(self) -> int:
         where, params = self._where()

@@ -6,7 +6,6 @@ stops it: the outage test starts a private mariadbd of its own (`own_mariadb`).
 
 from __future__ import annotations
 
-import secrets
 import shutil
 import socket
 from collections.abc import Callable, Iterator
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pymysql
 import pytest
-from conftest import PRIVILEGES, LoggerDB
+from conftest import LoggerDB, create_logger_db
 from pytest_mysql.executor import MySQLExecutor
 
 from edgelog.simulate import Pac3100Simulator, SimulatorThread
@@ -112,24 +111,4 @@ def own_mariadb(
 
 def make_logger_db(server: OwnMariaDB, tmp_path: Path) -> LoggerDB:
     """Like tests/conftest.py's logger_db, on `server`."""
-    suffix = secrets.token_hex(4)
-    database, user = f"chapada_imperial_{suffix}", f"edgelog_{suffix}"
-    password = secrets.token_urlsafe(18)
-    root = server.root()
-    with root.cursor() as cur:
-        cur.execute(f"CREATE DATABASE `{database}`")
-        for host in ("localhost", "127.0.0.1"):
-            cur.execute(f"CREATE USER '{user}'@'{host}' IDENTIFIED BY %s", (password,))
-            cur.execute(f"GRANT {PRIVILEGES} ON `{database}`.* TO '{user}'@'{host}'")
-    password_file = tmp_path / "own.password"
-    password_file.write_text(password + "\n")
-    password_file.chmod(0o600)
-    return LoggerDB(
-        database=database,
-        user=user,
-        password_file=password_file,
-        socket=server.socket,
-        host="127.0.0.1",
-        port=server.port,
-        root=root,
-    )
+    return create_logger_db(server.root(), server.socket, server.port, tmp_path / "own.password")
