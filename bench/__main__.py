@@ -359,12 +359,24 @@ def table(r: dict[str, Any]) -> str:
     )
     for cause, missed in live["missed_during_drain_by_cause"].items():
         rows.append(("2 live", f"  missed because of: {cause}", str(missed)))
+    share = live.get("durable_within_one_interval_share")
+    rows.append(("2 live", "  readings durable within one interval", f"{_n((share or 0) * 100, 2)} %"))
+    f = live.get("disk_fsync_during_drain")
+    if f:
+        rows.append(
+            (
+                "2 live",
+                "  the disk's own fsync meanwhile (probe): p50/p99/max ms, n > interval",
+                f"{_n(f['p50_ms'], 1)}/{_n(f['p99_ms'], 1)}/{_n(f['max_ms'], 1)}, "
+                f"{f['longer_than_interval']} of {f['n']}",
+            )
+        )
     hk = live["housekeeping_with_backlog_sent"]
     rows.append(
         (
             "2 live",
-            f"housekeeping (prune) with {hk['rows_in_buffer']:,} sent rows kept: poll thread busy",
-            f"{hk['seconds'] * 1000:,.0f} ms",
+            f"housekeeping (prune) with {hk['rows_in_buffer']:,} sent rows kept: steps, longest, total",
+            f"{hk['steps']}, {hk['seconds'] * 1000:,.0f} ms, {hk['total_s'] * 1000:,.0f} ms",
         )
     )
     s = r["steady"]

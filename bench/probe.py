@@ -7,14 +7,16 @@ changing what they do:
 
 * `GridJob.run` — the grid instant the cadence is running a job for (``due_at``);
 * `Service.poll` — when the poll of a meter starts (the cadence fires);
-* `Buffer.append` — the reading's ``measured_at`` (taken by `Meter.read()` right
-  after the meter's response) and the moment ``append()`` returned, i.e. the
-  reading is committed and fsync()ed: durable;
+* `Service._hand_over` — which poll (start, grid instant) a reading belongs to:
+  the poll thread hands it to the buffer writer thread;
+* `Buffer.append_many` — the reading's ``measured_at`` (taken by `Meter.read()`
+  right after the meter's response) and the moment ``append_many()`` returned on
+  the writer thread, i.e. the reading is committed and fsync()ed: durable;
 * `Buffer.mark_sent` — when the sync worker moved the position, and to where;
 * `SyncWorker.drain` — when each drain started and ended, and the rows it sent
   (`edgelog sync --drain` is one call; `edgelog run`'s sync thread makes one per
   round);
-* `Service.housekeeping` — when each pass (prune, every 60 s, in the poll
+* `Service.housekeeping` — when each pass (prune, every 60 s, on the writer
   thread) started and ended.
 
 At exit (SIGTERM ends `edgelog run` normally) it writes them to OUT.json with
@@ -52,6 +54,8 @@ class Recorder:
         self.lock = threading.Lock()
         self._current_start = 0.0
         self._current_due = 0.0
+        #: (meter, measured_at) -> (poll start, grid instant), from hand-over to commit
+        self._handed: dict[tuple[str, float], tuple[float, float]] = {}
 
     def install(self) -> None:
         from edgelog import cadence as cadence_mod
@@ -72,7 +76,8 @@ class Recorder:
             finally:
                 rec.housekeeping.append((started, time.time()))
 
-        append, mark_sent = buffer_cls.append, buffer_cls.mark_sent
+        append_many, mark_sent = buffer_cls.append_many, buffer_cls.mark_sent
+        hand_over = service_cls._hand_over
         drain = worker_mod.SyncWorker.drain
         job_run = cadence_mod.GridJob.run
 
@@ -96,19 +101,25 @@ class Recorder:
             rec._current_start = started  # the poll thread's appends belong to this poll
             return poll(svc, *args, **kwargs)
 
-        def probe_append(buf: Any, meter: str, measured_at: float, *args: Any, **kwargs: Any) -> Any:
-            seq = append(buf, meter, measured_at, *args, **kwargs)
+        def probe_hand_over(svc: Any, new: Any, *args: Any) -> Any:
+            with rec.lock:
+                rec._handed[(new.meter, new.measured_at)] = (rec._current_start, rec._current_due)
+            return hand_over(svc, new, *args)
+
+        def probe_append_many(buf: Any, readings: Any) -> Any:
+            seqs = append_many(buf, readings)
             durable = time.time()
             with rec.lock:
-                rec.append_meter.append(meter)
-                rec.append_poll_start.append(rec._current_start)
-                rec.append_due.append(rec._current_due)
-                rec.append_measured.append(measured_at)
-                rec.append_durable.append(durable)
-                rec.append_seq.append(int(seq) if seq is not None else -1)
-                error = kwargs.get("error", args[1] if len(args) > 1 else None)
-                rec.append_error.append(1 if error is not None else 0)
-            return seq
+                for new, seq in zip(readings, seqs, strict=True):
+                    start, due = rec._handed.pop((new.meter, new.measured_at), (0.0, 0.0))
+                    rec.append_meter.append(new.meter)
+                    rec.append_poll_start.append(start)
+                    rec.append_due.append(due)
+                    rec.append_measured.append(new.measured_at)
+                    rec.append_durable.append(durable)
+                    rec.append_seq.append(int(seq) if seq is not None else -1)
+                    rec.append_error.append(1 if new.error is not None else 0)
+            return seqs
 
         def probe_mark_sent(buf: Any, upto_seq: int, *args: Any, **kwargs: Any) -> Any:
             started = time.time()
@@ -122,7 +133,8 @@ class Recorder:
         service_cls.__init__ = probe_init  # type: ignore[method-assign]
         service_cls.poll = probe_poll  # type: ignore[method-assign]
         service_cls.housekeeping = probe_housekeeping  # type: ignore[method-assign]
-        buffer_cls.append = probe_append  # type: ignore[method-assign]
+        service_cls._hand_over = probe_hand_over  # type: ignore[method-assign]
+        buffer_cls.append_many = probe_append_many  # type: ignore[method-assign]
         buffer_cls.mark_sent = probe_mark_sent  # type: ignore[method-assign]
         worker_mod.SyncWorker.drain = probe_drain  # type: ignore[method-assign]
         cadence_mod.GridJob.run = probe_job_run  # type: ignore[method-assign]

@@ -97,6 +97,47 @@ class Sampler:
         return [s for s in self.samples if start <= s.t <= end]
 
 
+@dataclass
+class FsyncProbe:
+    """The disk's own commit latency, measured beside the logger: every `every` seconds
+    a thread rewrites 4 KiB of a file in `directory` and fsync()s it, as a buffer commit
+    does. Tells a slow disk apart from a slow logger."""
+
+    directory: Path
+    every: float = 0.1
+    samples: list[tuple[float, float]] = field(default_factory=list)  # (wall time, seconds)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> FsyncProbe:
+        self._thread = threading.Thread(target=self._run, name="fsync-probe", daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        path = self.directory / "fsync-probe.dat"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            block = b"\0" * 4096
+            while not self._stop.is_set():
+                started = time.time()
+                os.pwrite(fd, block, (len(self.samples) % 16) * 4096)
+                os.fsync(fd)
+                self.samples.append((started, time.time() - started))
+                self._stop.wait(self.every)
+        finally:
+            os.close(fd)
+            path.unlink(missing_ok=True)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def between(self, start: float, end: float) -> list[float]:
+        return [latency for at, latency in self.samples if start <= at <= end]
+
+
 def percentile(values: Sequence[float], p: float) -> float | None:
     """The p-th percentile (0..100), nearest rank; None for no values."""
     if not values:

@@ -38,7 +38,7 @@ from edgelog.sync.mariadb import INSERT_COLUMNS, quote
 
 from .data import BuiltBuffer, build_buffer, profile_columns, read_rows, sample_rows
 from .loaddata import LoadDataSink, TsvFormatter, load_bytes
-from .procs import Sampler, cpu_seconds, median, percentile
+from .procs import FsyncProbe, Sampler, cpu_seconds, median, percentile
 from .server import LoggerAccount, PrivateMariaDB
 from .sim import BusSimulator
 
@@ -702,6 +702,7 @@ class Bench:
         t0 = time.time()
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=_env(), cwd=ROOT)
         sampler = Sampler(proc.pid, every=sample_every).start()
+        fsync_probe = FsyncProbe(buffer.parent).start()
         done_at: float | None = None
         try:
             while True:
@@ -724,6 +725,7 @@ class Bench:
                 proc.kill()
                 proc.wait(10)
             sampler.stop()
+            fsync_probe.stop()
             log.close()
         requests = (self.sim.requests if self.sim else 0) - requests0
         probe = json.loads(out.read_text())
@@ -735,6 +737,7 @@ class Bench:
             "exit_status": proc.returncode,
             "probe": probe,
             "samples": sampler.samples,
+            "fsync_probe": fsync_probe,
             "modbus_requests": requests,
             "mariadb_rows": total,
             "mariadb_distinct": distinct,
@@ -791,6 +794,15 @@ class Bench:
             "grid_to_durable_during_drain": _stats_ms([x["grid_to_durable"] for x in window]),
             "response_to_durable_during_drain": _stats_ms([x["response_to_durable"] for x in window]),
             "within_one_interval": all(x["grid_to_durable"] < plan.live_interval_s for x in window),
+            "durable_within_one_interval_share": (
+                sum(x["grid_to_durable"] < plan.live_interval_s for x in window) / len(window)
+                if window
+                else None
+            ),
+            # the disk's own fsync latency meanwhile, measured beside the logger
+            "disk_fsync_during_drain": _fsync_stats(
+                run["fsync_probe"].between(drain_start or 0.0, drained_at or 0.0), plan.live_interval_s
+            ),
             "rss_mib_during_drain": {
                 "at_10_percent": progress[0],
                 "at_50_percent": progress[1],
@@ -938,15 +950,24 @@ def _sent_upto(buffer: Path) -> int:
 
 
 def _time_prune(path: Path) -> dict[str, Any]:
-    """`Buffer.prune()` as `edgelog run`'s housekeeping calls it (every 60 s, in the poll
-    thread), on the buffer the live drain left: every backlog row sent, none old enough
-    to delete. How long does the poll thread stop for it?"""
+    """The time-based prune as `edgelog run`'s housekeeping runs it (every 60 s, in steps
+    on the buffer writer thread), on the buffer the live drain left: every backlog row
+    sent, none old enough to delete. How long does one step hold a commit up?"""
     buffer = Buffer(path, create=False)
     try:
         rows = buffer.readings_total()
-        t0 = time.perf_counter()
-        deleted = buffer.prune(7 * 86400, 4096 * 1024 * 1024)
-        return {"rows_in_buffer": rows, "deleted": deleted, "seconds": time.perf_counter() - t0}
+        steps: list[float] = []
+        after: int | None = 0
+        while after is not None:
+            t0 = time.perf_counter()
+            _, after = buffer.prune_old_sent(7 * 86400, after=after)
+            steps.append(time.perf_counter() - t0)
+        return {
+            "rows_in_buffer": rows,
+            "steps": len(steps),
+            "seconds": max(steps),  # the longest step
+            "total_s": sum(steps),
+        }
     finally:
         buffer.close()
 
@@ -981,23 +1002,27 @@ def _live_readings(probe: dict[str, Any], interval: float) -> list[dict[str, Any
     return out
 
 
+def _fsync_stats(latencies: Sequence[float], interval: float) -> dict[str, Any]:
+    return {**_stats_ms(latencies), "longer_than_interval": sum(x > interval for x in latencies)}
+
+
 def _gap_causes(
     live: Sequence[dict[str, Any]], housekeeping: Sequence[Sequence[float]], interval: float
 ) -> dict[str, int]:
-    """Missed samples, by what kept the poll thread busy: a housekeeping pass (prune), a
-    reading whose commit (fsync) took longer than the interval, or something else."""
+    """Missed samples, by what kept the poll thread from the next slot: a meter answer slower
+    than the interval, a housekeeping pass at the same time (it runs on the writer thread),
+    or something else (the poll thread not scheduled in time: CPU, GIL)."""
     causes: dict[str, int] = defaultdict(int)
     for before, after in itertools.pairwise(live):
         gap = after["slot"] - before["slot"] - 1
         if gap <= 0:
             continue
-        busy_from, busy_to = before["durable_at"], after["poll_start"]
-        if any(a < busy_to and b > busy_from for a, b in housekeeping):
-            causes["housekeeping (prune) in the poll thread"] += gap
-        elif before["durable_at"] - before["measured_at"] > interval:
-            causes["a commit (fsync) longer than the interval"] += gap
+        if before["measured_at"] - before["poll_start"] > interval:
+            causes["a meter answer slower than the interval"] += gap
+        elif any(a < after["poll_start"] and b > before["poll_start"] for a, b in housekeeping):
+            causes["during a housekeeping pass (prune)"] += gap
         else:
-            causes["other"] += gap
+            causes["other (poll thread not scheduled in time)"] += gap
     return dict(causes)
 
 

@@ -71,6 +71,7 @@ class GridJob(schedule.Job):
         self.clock = clock
         self.stats = GridStats()
         self.due_at: float | None = None  # the grid instant this run was meant for
+        self.running = False
         self._mono_at_schedule: float | None = None
         self._wall_at_schedule: float | None = None
 
@@ -89,6 +90,13 @@ class GridJob(schedule.Job):
             self._set_due(next_boundary(now, self.interval_s), now, mono)
             return False
         return now >= self.due_at
+
+    def run(self) -> object:
+        self.running = True
+        try:
+            return super().run()
+        finally:
+            self.running = False
 
     def _step(self, now: float, mono: float) -> float:
         """How far the wall clock moved, beyond the monotonic clock, since the last scheduling."""
@@ -137,6 +145,16 @@ class Cadence:
         if not due:
             return 1.0
         return max(0.0, min(due) - self.clock.wall())
+
+    def next_due_s(self) -> float:
+        """Seconds until another run is due: the next boundary of a job running now, the
+        due time of the others (0 if one is already due)."""
+        due = [
+            j.due_at + j.interval_s if j.running else j.due_at
+            for j in self.scheduler.jobs
+            if isinstance(j, GridJob) and j.due_at is not None
+        ]
+        return max(0.0, min(due) - self.clock.wall()) if due else 0.0
 
     def run_pending(self) -> None:
         self.scheduler.run_pending()

@@ -1,12 +1,15 @@
 """`edgelog run`: meters -> buffer on the sampling grid, with the sync worker beside it.
 
-Threads: the main thread runs the cadence (polls and housekeeping, in order,
-so meters on one RS485 line never talk at once); one thread runs the sync
-worker, so a slow or absent MariaDB never delays a poll.
+Threads: the main thread runs the cadence (polls, in order, so meters on one
+RS485 line never talk at once); the buffer writer commits each reading, waited
+for until the next poll is due (`buffer/writer.py`: a slow fsync never costs a
+sample), and runs housekeeping; one thread runs the sync worker, so a slow or
+absent MariaDB never delays a poll.
 
-SIGTERM / SIGINT: the poll in flight finishes and is committed, the sync
-worker finishes (commits or rolls back) the batch in flight, and the process
-exits 0. A reading is never half-written: the buffer commits whole rows.
+SIGTERM / SIGINT: the poll in flight finishes, every reading taken is
+committed, the sync worker finishes (commits or rolls back) the batch in
+flight, and the process exits 0. A reading is never half-written: the buffer
+commits whole rows.
 
 Faults handled here, each logged once (with a count) rather than once a poll:
 a meter that fails (`FaultLog`: the failed poll is stored as a gap), a clock
@@ -21,11 +24,13 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from . import clock
 from .buffer import Buffer
-from .buffer.store import BufferCorrupt, BufferFull
+from .buffer.store import BufferCorrupt, BufferFull, NewReading
+from .buffer.writer import Writer
 from .cadence import JUMP_THRESHOLD_S, Cadence, Clock
 from .config import Config
 from .errors import EdgelogError, MeterError
@@ -40,6 +45,12 @@ HOUSEKEEPING_EVERY_S = 60.0
 SPACE_QUIET_S = 60.0
 #: While the buffer is capped after a disk-full error, look this often for free space.
 DISK_CHECK_EVERY_S = 1.0
+#: Words of the warning logged when polling goes on before a reading is committed
+#: (the fault tests look for them).
+SLOW_COMMIT = "readings wait in memory"
+#: A poll waits for its reading's commit until this long before the next poll is due
+#: (the smaller of the two).
+COMMIT_WAIT_MARGIN_S, COMMIT_WAIT_MARGIN_SHARE = 0.05, 0.25
 
 
 @dataclass
@@ -151,6 +162,38 @@ class SpaceLog:
         return False
 
 
+@dataclass
+class SlowCommitLog:
+    """Commits slower than the poll interval (the next poll started before the reading
+    was durable), logged when an episode starts and summed up after a quiet minute."""
+
+    late: int = 0
+    most_waiting: int = 0
+    last_at: float = 0.0
+
+    def slow(self, now: float, waiting: int) -> None:
+        self.late += 1
+        self.last_at = now
+        self.most_waiting = max(self.most_waiting, waiting)
+        if self.late == 1:
+            log.warning(
+                "buffer: a commit is taking longer than the poll interval (a slow or busy disk); "
+                "polling goes on and %s until it is done (%d now)",
+                SLOW_COMMIT,
+                waiting,
+            )
+
+    def quiet(self, now: float) -> None:
+        if self.late and now - self.last_at >= SPACE_QUIET_S:
+            log.warning(
+                "buffer: commits keep up again (%d polls went on before the reading before "
+                "them was durable; at most %d readings waited)",
+                self.late,
+                self.most_waiting,
+            )
+            self.late = self.most_waiting = 0
+
+
 class Service:
     def __init__(self, config: Config, wall: Clock | None = None):
         self.config = config
@@ -159,6 +202,7 @@ class Service:
         self.notifier = Notifier()
         self.faults = FaultLog()
         self.space = SpaceLog()
+        self.slow = SlowCommitLog()
         self.exit_status = 0
         self.max_bytes = int(config.buffer.max_mb * 1024 * 1024)
         self.buffer = Buffer.open_or_replace(config.buffer.path, config.columns(), max_bytes=self.max_bytes)
@@ -175,26 +219,49 @@ class Service:
             self.buffer, self.sink, config.columns(), config.mariadb.batch_size, config.sync
         )
         self.cadence = Cadence(clock=self.clock)
+        # the writer thread's own SQLite connection is closed by that thread
+        self.writer = Writer(self._store, on_start=self.buffer.db.connect, on_exit=self.buffer.db.close)
 
     def poll(self, meter: Meter) -> None:
-        """Read one meter and commit the reading (or the gap) before returning."""
+        """Read one meter and hand the reading (or the gap) to the writer; return once it
+        is committed, or when the next poll is due, whichever comes first."""
+        started = self.clock.monotonic()
         try:
             reading = meter.read()
         except MeterError as exc:
             at = self.clock.wall()
             self.faults.failed(meter.name, str(exc))
-            self._store(meter.name, at, None, str(exc), self.guard.check(at))
+            new = NewReading(meter.name, at, None, str(exc), self.guard.check(at))
         else:
             self.faults.answered(meter.name)
             at = reading.measured_at
-            self._store(meter.name, at, reading.values, None, self.guard.check(at))
+            new = NewReading(meter.name, at, reading.values, None, self.guard.check(at))
+        self._hand_over(new, meter.config.interval_s, started)
         self.notifier.watchdog()
 
-    def _store(self, meter: str, at: float, values, error: str | None, ok: bool) -> None:
-        """Commit one row; when the buffer is full, prune or drop per `when_full` (counted)."""
+    def _hand_over(self, new: NewReading, interval_s: float, started: float) -> None:
+        handoff = self.writer.put(new)
+        now = self.clock.monotonic()
+        # Wait until a little before the next poll is due (the cadence schedules the next
+        # boundary strictly after the end of this run), and never past this poll's own
+        # interval by the monotonic clock (the wall clock may just have stepped).
+        margin = min(COMMIT_WAIT_MARGIN_S, COMMIT_WAIT_MARGIN_SHARE * interval_s)
+        timeout = min(self.cadence.next_due_s(), interval_s - (now - started)) - margin
+        if timeout <= 0:
+            return  # another poll is due now: this commit overlaps it, as it should
+        if handoff.wait(timeout):
+            self.slow.quiet(now)
+        else:
+            self.slow.slow(now, self.writer.pending())
+
+    def _store(self, readings: Sequence[NewReading]) -> None:
+        """(On the writer thread.) Commit readings in one transaction; when the buffer is
+        full, prune or drop per `when_full` (counted)."""
         policy = self.config.buffer.when_full
         now = self.clock.monotonic()
         pruned = self.buffer.dropped_by_prune
+        n = len(readings)
+        what = "reading" if n == 1 else f"{n} readings"
         try:
             try:
                 self._check_disk(now)
@@ -203,11 +270,11 @@ class Service:
                         now,
                         "full: max_mb or the disk, with every row unsent; new readings dropped "
                         "(when_full = drop_newest)",
-                        dropped=1,
+                        dropped=n,
                     )
                     self._count_drops()  # count it now, for sync-status
                     return
-                self.buffer.append(meter, at, values, error=error, clock_ok=ok)
+                self.buffer.append_many(readings)
             except BufferFull as exc:
                 # The disk (not max_mb) is full: use the reserve, prune, retry once; from
                 # now on the buffer is capped at its size, as if max_mb were reached.
@@ -215,9 +282,9 @@ class Service:
                     self.buffer.make_room(policy)
                     self.disk_cap = self.buffer.db_bytes()
                     self._disk_checked = now
-                    self.buffer.append(meter, at, values, error=error, clock_ok=ok)
+                    self.buffer.append_many(readings)
                 except BufferFull:
-                    self.space.full(now, f"full: {exc}; readings dropped until there is room", dropped=1)
+                    self.space.full(now, f"full: {exc}; readings dropped until there is room", dropped=n)
                     return
                 self.space.full(
                     now,
@@ -228,14 +295,12 @@ class Service:
                 )
                 pruned = self.buffer.dropped_by_prune
         except BufferCorrupt as exc:
-            log.error(
-                "meter %s: reading lost: %s; stopping so that the next start moves it aside", meter, exc
-            )
+            log.error("%s lost: %s; stopping so that the next start moves it aside", what, exc)
             self.exit_status = 1
             self.stop.set()
             return
         except EdgelogError as exc:
-            self.space.full(now, f"write failed, reading lost: {exc}", dropped=1)
+            self.space.full(now, f"write failed, {what} lost: {exc}", dropped=n)
             return
         if self.buffer.dropped_by_prune > pruned:
             self.space.full(
@@ -272,11 +337,19 @@ class Service:
             except EdgelogError:
                 pass  # counted at the next successful write
 
-    def housekeeping(self) -> None:
+    def housekeeping(self, after: int = 0) -> None:
+        """(On the writer thread.) One step of the prune: the sent rows older than
+        keep_sent_days, a chunk of seqs a step, each next step queued behind the readings
+        handed over meanwhile (so a big buffer never holds a commit up for long); after
+        the last step, the `max_mb` limit."""
         b = self.config.buffer
         pruned = self.buffer.dropped_by_prune
         try:
-            self.buffer.prune(b.keep_sent_days * 86400, self.max_bytes, when_full=b.when_full)
+            _, after_next = self.buffer.prune_old_sent(b.keep_sent_days * 86400, self.clock.wall(), after)
+            if after_next is not None:
+                self.writer.call(lambda: self.housekeeping(after_next))
+                return
+            self.buffer.fit(self.max_bytes, b.when_full)
             if self.buffer.dropped_by_prune > pruned:
                 self.space.full(
                     self.clock.monotonic(),
@@ -301,7 +374,8 @@ class Service:
         signal.signal(signal.SIGINT, self._on_signal)
         for meter in self.meters:
             self.cadence.every(meter.config.interval_s, lambda m=meter: self.poll(m))
-        self.cadence.every(HOUSEKEEPING_EVERY_S, self.housekeeping)
+        self.cadence.every(HOUSEKEEPING_EVERY_S, lambda: self.writer.call(self.housekeeping))
+        self.writer.start()
         syncer = threading.Thread(target=self.worker.run, args=(self.stop,), name="sync")
         syncer.start()
         names = ", ".join(m.name for m in self.meters)
@@ -312,6 +386,7 @@ class Service:
         finally:
             self.stop.set()
             self.notifier.stopping()
+            self.writer.stop()  # every reading taken is committed
             syncer.join()
             close_meters(self.meters)
             if self.space.pending_drops:

@@ -399,6 +399,26 @@ def test_readers_are_not_blocked_by_a_write_transaction(buffer: Buffer, path: Pa
 # -- pruning ---------------------------------------------------------------------------
 
 
+def test_prune_old_sent_goes_in_short_steps_of_seqs(buffer: Buffer) -> None:
+    """What `edgelog run`'s housekeeping does, a step at a time on the writer thread."""
+    old = fill(buffer, 25, start=1000.0)
+    recent = fill(buffer, 10, start=9000.0)
+    unsent = fill(buffer, 5, start=1100.0)  # old, but not sent yet
+    buffer.mark_sent(recent[-1])
+    steps, after, deleted = [], 0, 0
+    while after is not None:
+        n, after = buffer.prune_old_sent(3600.0, now=10_000.0, after=after, chunk=10)
+        steps.append((n, after))
+        deleted += n
+    assert deleted == 25
+    # 35 sent seqs in steps of 10; the last step ends at the position
+    assert steps == [(10, 10), (10, 20), (5, 30), (0, None)]
+    assert [r[0] for r in buffer.unsent(100, after=0)] == recent + unsent
+    # a new pass starts at the oldest row left, not at seq 1
+    assert buffer.prune_old_sent(3600.0, now=10_000.0, chunk=10) == (0, None)  # 26..35: one step
+    assert not set(old) & {r[0] for r in buffer.unsent(100, after=0)}
+
+
 def test_prune_deletes_old_sent_rows_only(buffer: Buffer) -> None:
     old = fill(buffer, 10, start=1000.0)  # measured at 1000..1009
     recent = fill(buffer, 10, start=9000.0)  # measured at 9000..9009

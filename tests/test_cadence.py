@@ -307,3 +307,23 @@ def test_two_jobs_each_on_its_grid() -> None:
     for job in (fast.job, slow.job):
         assert (job.stats.missed, job.stats.clock_jumps) == (0, 0)
     assert cadence.idle_s() <= 1.0
+
+
+def test_next_due_s_is_the_time_a_running_poll_may_wait_for_its_commit() -> None:
+    """What `Service.poll` waits for its reading's commit: until the next run is due."""
+    fake, cadence = make()
+    seen: dict[str, list[float]] = {"a": [], "b": []}
+    a = add(
+        cadence, fake, 1.0, duration=lambda _i: 0.1, during=lambda _i: seen["a"].append(cadence.next_due_s())
+    )
+    b = add(
+        cadence, fake, 1.0, duration=lambda _i: 0.1, during=lambda _i: seen["b"].append(cadence.next_due_s())
+    )
+    drive(cadence, fake, 5)
+    assert a.job is not None and b.job is not None
+    # both are due at each boundary: the first to run must not wait (the other is due),
+    # the second may wait until the next boundary (1 s after its due time, 0.2 s spent)
+    firsts, seconds = (seen["a"], seen["b"]) if a.runs[0].wall < b.runs[0].wall else (seen["b"], seen["a"])
+    assert firsts and all(w == 0.0 for w in firsts)
+    assert seconds and all(w == pytest.approx(0.8) for w in seconds)
+    assert not a.job.running and not b.job.running

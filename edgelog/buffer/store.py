@@ -2,12 +2,14 @@
 
 Durability guarantee
 --------------------
-`Buffer.append()` returns only after SQLite has committed the reading *and*
-fsync()ed the write-ahead log (``journal_mode=WAL`` + ``synchronous=FULL``;
-with ``NORMAL`` a WAL commit is not synced until the next checkpoint, so a power
-cut could lose the last second(s) of readings). The poll loop appends each
-reading before it schedules the next poll, so a power cut loses at most the
-reading in flight. Every open runs ``PRAGMA quick_check``.
+`Buffer.append()` / `append_many()` return only after SQLite has committed the
+readings *and* fsync()ed the write-ahead log (``journal_mode=WAL`` +
+``synchronous=FULL``; with ``NORMAL`` a WAL commit is not synced until the next
+checkpoint, so a power cut could lose the last second(s) of readings). In
+`edgelog run` the buffer writer thread commits each reading, normally before the
+next poll starts, so a power cut loses at most the reading in flight; see
+`writer.py` for a disk slower than the interval. Every open runs
+``PRAGMA quick_check``.
 
 Identity
 --------
@@ -51,7 +53,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from peewee import (
     BooleanField,
@@ -85,6 +87,8 @@ BUSY_TIMEOUT_S = 10.0
 SYNC_RATE_KEY = "sync_rate_rows_per_s"
 #: What to drop when the buffer is full of unsent rows (``[buffer] when_full``).
 WHEN_FULL = ("drop_oldest", "drop_newest")
+#: Seqs looked at per step of the time-based prune (one short transaction each).
+PRUNE_CHUNK = 20_000
 #: After a disk-full error, make_room() frees this share of the rows (sent ones first).
 MAKE_ROOM_SHARE = 0.10
 #: WAL pages after which SQLite checkpoints: default 1000 (4 MiB), fewer for a small max_mb.
@@ -142,6 +146,16 @@ def corrupt_name(path: Path, now: float) -> Path:
         if not any(Path(f"{candidate}{x}").exists() for x in ("", "-wal", "-shm")):
             return candidate
     raise BufferError(f"buffer {path}: too many corrupt copies named {path.stem}.corrupt-{stamp}*")
+
+
+class NewReading(NamedTuple):
+    """A reading (or, with `error` set, a failed poll) to store."""
+
+    meter: str
+    measured_at: float
+    values: dict[str, float | None] | None = None
+    error: str | None = None
+    clock_ok: bool = True
 
 
 @dataclass(frozen=True)
@@ -354,17 +368,24 @@ class Buffer:
         clock_ok: bool = True,
     ) -> int:
         """Commit one reading (or one failed poll, with `error` set) durably; return its seq."""
-        row: dict[str, Any] = {
-            "meter": meter,
-            "measured_at": measured_at,
-            "clock_ok": clock_ok,
-            "error": error,
-        }
+        return self.append_many([NewReading(meter, measured_at, values, error, clock_ok)])[0]
+
+    def append_many(self, readings: Sequence[NewReading]) -> list[int]:
+        """Commit readings in one transaction (one fsync), in order; return their seqs."""
         fields = self.Reading._meta.columns  # column name -> field
-        for name, value in (values or {}).items():
-            row[fields[name].name] = value
+        rows: list[dict[str, Any]] = []
+        for r in readings:
+            row: dict[str, Any] = {
+                "meter": r.meter,
+                "measured_at": r.measured_at,
+                "clock_ok": r.clock_ok,
+                "error": r.error,
+            }
+            for name, value in (r.values or {}).items():
+                row[fields[name].name] = value
+            rows.append(row)
         with self._writing("cannot store reading"), self.db.atomic():
-            return self.Reading.insert(**row).execute()
+            return [self.Reading.insert(**row).execute() for row in rows]
 
     # -- the sync position ---------------------------------------------------------
 
@@ -579,12 +600,37 @@ class Buffer:
         """Delete sent rows older than `keep_sent_s`; then, while over `max_bytes`, the
         oldest sent rows, and as a last resort (`when_full = "drop_oldest"`) the oldest
         unsent rows, counted in `dropped_total`. Returns the number of rows deleted."""
+        deleted, after = 0, 0
+        while after is not None:
+            n, after = self.prune_old_sent(keep_sent_s, now, after)
+            deleted += n
+        return deleted + self.fit(max_bytes, when_full)
+
+    def prune_old_sent(
+        self, keep_sent_s: float, now: float | None = None, after: int = 0, chunk: int = PRUNE_CHUNK
+    ) -> tuple[int, int | None]:
+        """One step of the time-based prune: delete the sent rows older than `keep_sent_s`
+        among seqs (after, after + chunk], in one short transaction (a rowid range: the
+        step costs the same however many rows the buffer keeps). Returns (rows deleted,
+        the `after` of the next step, or None once every sent row was looked at)."""
         now = time.time() if now is None else now
         R = self.Reading
-        with self._writing("cannot prune"):
+        with self._writing("cannot prune"), self.db.atomic():
             position = self.sent_upto
-            deleted = R.delete().where((R.seq <= position) & (R.measured_at < now - keep_sent_s)).execute()
-            return deleted + self._shrink(max_bytes, when_full)[0]
+            first = R.select(fn.MIN(R.seq)).scalar() or 0
+            after = max(after, first - 1)
+            end = min(after + chunk, position)
+            if end <= after:
+                return 0, None
+            old = (R.seq > after) & (R.seq <= end) & (R.measured_at < now - keep_sent_s)
+            deleted = R.delete().where(old).execute()
+        return deleted, (end if end < position else None)
+
+    def fit(self, max_bytes: int, when_full: str = "drop_oldest") -> int:
+        """While over `max_bytes`: delete the oldest sent rows, then (`drop_oldest`) the
+        oldest unsent ones, counted in `dropped_total`. Returns the rows deleted."""
+        with self._writing("cannot prune"):
+            return self._shrink(max_bytes, when_full)[0]
 
     def has_room(self, max_bytes: int, when_full: str = "drop_oldest", disk_cap: int | None = None) -> bool:
         """Before an append: within `max_bytes` (after pruning if needed)? False only with

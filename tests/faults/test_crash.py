@@ -8,7 +8,9 @@ the end it is stopped cleanly, the rest is drained, and:
 
 * every reading the buffer committed is in MariaDB exactly once, with its values;
 * per kill and per meter, the readings the meter served that are not in the
-  buffer are 0 or 1: only the reading in flight is lost;
+  buffer are 0 or 1: only the reading in flight is lost (more only if that run
+  logged a commit slower than the interval: the readings waiting for the disk,
+  see docs/guarantees.md);
 * each buffer opening ran quick_check and found nothing to move aside.
 
 The CI run does 15 kills in about 20 s. `scripts/soak` runs the same test for hours
@@ -30,6 +32,7 @@ from conftest import wait_for
 
 from edgelog.meter import plan_requests
 from edgelog.profiles import PAC3100
+from edgelog.service import SLOW_COMMIT
 
 from .kit import (
     COLUMNS,
@@ -89,6 +92,7 @@ def test_kill9_at_random_moments_loses_at_most_the_reading_in_flight(
     while i < KILLS and not (SECONDS and time.monotonic() - started >= SECONDS):
         moment = rnd.choice(MOMENTS)
         rows_at_start = max_seq(buffer)
+        stalls_before = len(logger.lines(SLOW_COMMIT))
         logger.start()
         if moment == "startup":
             time.sleep(rnd.uniform(0.05, 1.2))
@@ -118,6 +122,8 @@ def test_kill9_at_random_moments_loses_at_most_the_reading_in_flight(
                 "moment": moment,
                 "lost": lost,
                 "stored": stored,
+                # the disk was slower than the interval: readings waited in memory
+                "slow_commit": len(logger.lines(SLOW_COMMIT)) > stalls_before,
                 # a batch MariaDB committed whose position the buffer had not recorded yet
                 "committed_not_marked": remote_max > position,
             }
@@ -139,6 +145,7 @@ def test_kill9_at_random_moments_loses_at_most_the_reading_in_flight(
         "readings_lost": sum(sum(e["lost"].values()) for e in report),
         "kills_losing_a_reading": sum(any(e["lost"].values()) for e in report),
         "max_lost_per_meter_per_kill": max((max(e["lost"].values()) for e in report), default=0),
+        "kills_during_a_slow_commit": sum(e["slow_commit"] for e in report),
         "kills_between_commit_and_mark": sum(e["committed_not_marked"] for e in report),
         "per_kill": report,
     }
@@ -151,8 +158,11 @@ def test_kill9_at_random_moments_loses_at_most_the_reading_in_flight(
     # 1. exactly once, values included
     local = assert_exactly_once(buffer, logger_db)
     assert all(r["error"] is None for r in local), "a kill never shows up as a failed poll"
-    # 2. only the reading in flight: at most one per meter per kill
-    bad = [e for e in report if not all(0 <= n <= 1 for n in e["lost"].values())]
+    # 2. only the reading in flight: at most one per meter per kill (or, in a run that
+    # logged a commit slower than the interval, the readings that waited for it)
+    bad = [
+        e for e in report if not all(0 <= n <= 1 or (n > 1 and e["slow_commit"]) for n in e["lost"].values())
+    ]
     assert not bad, f"seed {seed}: kills losing more than the reading in flight: {bad}"
     total_lost = sum(sum(e["lost"].values()) for e in report)
     served_total = sum(_served(sims).values())
