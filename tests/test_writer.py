@@ -98,3 +98,31 @@ def test_a_task_queues_its_next_step_behind_the_readings_waiting(tmp_path: Path)
     writer.stop()
     # step 0 queued step 1 without blocking on the full queue; the readings came first
     assert log == ["step 0", "store 2", "step 1", "step 2"]
+
+
+def test_a_full_queue_makes_the_poll_thread_wait(tmp_path: Path) -> None:
+    """Back-pressure: with `max_pending` items waiting for a stuck disk, the next hand-over
+    blocks (so the cadence, and with it the watchdog pings, stop) until the disk moves."""
+    stuck, started = threading.Event(), threading.Event()
+    stored: list[float] = []
+
+    def store(readings: Sequence[NewReading]) -> None:
+        started.set()
+        stuck.wait(10)
+        stored.extend(r.measured_at for r in readings)
+
+    writer = Writer(store, max_pending=2)
+    writer.start()
+    writer.put(reading(0))  # taken by the writer, which then hangs in store()
+    assert started.wait(10)
+    writer.put(reading(1))
+    writer.put(reading(2))  # two waiting: the queue is full
+    third_done = threading.Event()
+    poller = threading.Thread(target=lambda: (writer.put(reading(3)), third_done.set()))
+    poller.start()
+    assert not third_done.wait(0.3), "a hand-over went through with the queue full"
+    stuck.set()
+    assert third_done.wait(10)
+    poller.join(10)
+    writer.stop()
+    assert stored == [reading(i).measured_at for i in range(4)]
