@@ -141,20 +141,15 @@ class Cadence:
         return job
 
     def idle_s(self) -> float:
-        due = [j.due_at for j in self.scheduler.jobs if isinstance(j, GridJob) and j.due_at]
-        if not due:
-            return 1.0
-        return max(0.0, min(due) - self.clock.wall())
-
-    def next_due_s(self) -> float:
-        """Seconds until another run is due: the next boundary of a job running now, the
-        due time of the others (0 if one is already due)."""
+        """Seconds until another run is due (0 if one is already due): the loop's sleep,
+        and how long a poll may wait for its commit. A job running now counts at its next
+        boundary; 1.0 with no job scheduled."""
         due = [
             j.due_at + j.interval_s if j.running else j.due_at
             for j in self.scheduler.jobs
             if isinstance(j, GridJob) and j.due_at is not None
         ]
-        return max(0.0, min(due) - self.clock.wall()) if due else 0.0
+        return max(0.0, min(due) - self.clock.wall()) if due else 1.0
 
     def run_pending(self) -> None:
         self.scheduler.run_pending()

@@ -246,10 +246,10 @@ class Service:
         # boundary strictly after the end of this run), and never past this poll's own
         # interval by the monotonic clock (the wall clock may just have stepped).
         margin = min(COMMIT_WAIT_MARGIN_S, COMMIT_WAIT_MARGIN_SHARE * interval_s)
-        timeout = min(self.cadence.next_due_s(), interval_s - (now - started)) - margin
+        timeout = min(self.cadence.idle_s(), interval_s - (now - started)) - margin
         if timeout <= 0:
             return  # another poll is due now: this commit overlaps it, as it should
-        if handoff.wait(timeout):
+        if handoff.done.wait(timeout):
             self.slow.quiet(now)
         else:
             self.slow.slow(now, self.writer.pending())

@@ -309,16 +309,12 @@ def test_two_jobs_each_on_its_grid() -> None:
     assert cadence.idle_s() <= 1.0
 
 
-def test_next_due_s_is_the_time_a_running_poll_may_wait_for_its_commit() -> None:
+def test_idle_s_is_the_time_a_running_poll_may_wait_for_its_commit() -> None:
     """What `Service.poll` waits for its reading's commit: until the next run is due."""
     fake, cadence = make()
     seen: dict[str, list[float]] = {"a": [], "b": []}
-    a = add(
-        cadence, fake, 1.0, duration=lambda _i: 0.1, during=lambda _i: seen["a"].append(cadence.next_due_s())
-    )
-    b = add(
-        cadence, fake, 1.0, duration=lambda _i: 0.1, during=lambda _i: seen["b"].append(cadence.next_due_s())
-    )
+    a = add(cadence, fake, 1.0, duration=lambda _i: 0.1, during=lambda _i: seen["a"].append(cadence.idle_s()))
+    b = add(cadence, fake, 1.0, duration=lambda _i: 0.1, during=lambda _i: seen["b"].append(cadence.idle_s()))
     drive(cadence, fake, 5)
     assert a.job is not None and b.job is not None
     # both are due at each boundary: the first to run must not wait (the other is due),

@@ -28,7 +28,7 @@ def test_readings_waiting_for_a_slow_commit_are_committed_together_in_order(tmp_
     writer = Writer(store, on_exit=buffer.db.close)
     writer.start()
     first = writer.put(reading(0))
-    assert first.wait(10)
+    assert first.done.wait(10)
     # a stall: the writer is busy (a task standing in for a long fsync) while polls go on
     started, release = threading.Event(), threading.Event()
     writer.call(lambda: (started.set(), release.wait(10), order.append("stall")))
@@ -37,7 +37,7 @@ def test_readings_waiting_for_a_slow_commit_are_committed_together_in_order(tmp_
     assert not any(h.done.is_set() for h in waiting)
     assert writer.pending() >= 7
     release.set()
-    assert all(h.wait(10) for h in waiting)
+    assert all(h.done.wait(10) for h in waiting)
     writer.call(lambda: order.append("task"))
     last = writer.put(reading(8))
     writer.stop()  # commits what was handed over
@@ -64,7 +64,7 @@ def test_a_failing_store_does_not_end_the_writer(tmp_path: Path, caplog) -> None
     handoffs = []
     for i in range(3):
         handoffs.append(writer.put(reading(i)))
-        assert handoffs[-1].wait(10)  # one at a time: three calls
+        assert handoffs[-1].done.wait(10)  # one at a time: three calls
     writer.stop()
     assert stored == [reading(0).measured_at, reading(2).measured_at]
     assert all(h.done.is_set() for h in handoffs)  # the poll thread never waits for nothing
@@ -94,7 +94,7 @@ def test_a_task_queues_its_next_step_behind_the_readings_waiting(tmp_path: Path)
     assert started.wait(10)
     handoffs = [writer.put(reading(0)), writer.put(reading(1))]  # the queue is now full
     gate.set()
-    assert all(h.wait(10) for h in handoffs)
+    assert all(h.done.wait(10) for h in handoffs)
     writer.stop()
     # step 0 queued step 1 without blocking on the full queue; the readings came first
     assert log == ["step 0", "store 2", "step 1", "step 2"]

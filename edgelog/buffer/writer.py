@@ -6,7 +6,7 @@ If the poll loop waited for each commit, every such stall longer than the
 interval would skip a sample (read never, lost for sure). Instead:
 
 * the poll thread hands each reading to the `Writer` and waits for its commit
-  only until the next poll is due (`Handoff.wait`). Normally the commit takes
+  only until the next poll is due. Normally the commit takes
   milliseconds and the reading is durable before the next poll starts, as
   before: a crash loses at most the reading in flight;
 * when a commit is slower than that, polling goes on, on time, and the readings
@@ -45,9 +45,6 @@ class Handoff:
 
     reading: NewReading
     done: threading.Event = field(default_factory=threading.Event)
-
-    def wait(self, timeout: float) -> bool:
-        return self.done.wait(max(0.0, timeout))
 
 
 class Writer:
