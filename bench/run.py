@@ -29,15 +29,16 @@ import pymysql
 from edgelog.buffer import Buffer
 from edgelog.buffer.batch import UnsentReader
 from edgelog.clock import utc_text
-from edgelog.config import Config, SyncConfig, parse
+from edgelog.config import Config, MariaDBConfig, SyncConfig, parse
 from edgelog.meter import plan_requests
 from edgelog.profiles import PAC3100
-from edgelog.sync import MariaDBSink, SyncWorker, wire
+from edgelog.sync import MariaDBSink, SyncWorker, connect, wire
 from edgelog.sync import mariadb as sink_module
+from edgelog.sync.connect import GuardedConnection
 from edgelog.sync.mariadb import INSERT_COLUMNS, quote
 
 from .data import BuiltBuffer, build_buffer, profile_columns, read_rows, sample_rows
-from .loaddata import LoadDataSink, TsvFormatter, load_bytes
+from .loaddata import LoadDataSink, TsvFormatter, load_bytes, open_loading
 from .procs import FsyncProbe, Sampler, cpu_seconds, median, percentile
 from .server import LoggerAccount, PrivateMariaDB
 from .sim import BusSimulator
@@ -272,14 +273,8 @@ class Bench:
                     cur.execute(sink_module.create_table_sql(TABLE, self.units))
             finally:
                 conn.close()
-            guarded = wire.GuardedConnection.open(
-                {
-                    "unix_socket": self.db.socket,
-                    "user": "root",
-                    "database": "bench_history",
-                    "autocommit": False,
-                },
-                local_infile=True,
+            guarded = open_loading(
+                MariaDBConfig(user="root", unix_socket=self.db.socket, database="bench_history")
             )
             try:
                 load_bytes(guarded, TABLE, [*INSERT_COLUMNS, *self.columns], [path.read_bytes()])
@@ -399,9 +394,8 @@ class Bench:
         account = self.account("ceiling")
         self.prepare_table(account, with_history)
         cfg = self.config(self.config_text(account, built.path, transport))
-        args = MariaDBSink(cfg.mariadb, SITE).connect_args()
         self.settle()
-        conn = wire.GuardedConnection.open(args, local_infile=True)
+        conn = open_loading(cfg.mariadb)
 
         def chunks() -> Iterator[bytes]:
             with ready.open("rb") as f:
@@ -545,14 +539,12 @@ class Bench:
         account = self.account("naive")
         self.prepare_table(account)
         cfg = self.config(self.config_text(account, built.path, transport))
-        args = MariaDBSink(cfg.mariadb, SITE).connect_args()
-        args["autocommit"] = True
         rows = read_rows(built.path, 0, self.plan.naive_sample)
         names = ", ".join(quote(c) for c in (*INSERT_COLUMNS, *self.columns))
         marks = ", ".join(["%s"] * (len(INSERT_COLUMNS) + len(self.columns)))
         sql = f"INSERT INTO {quote(TABLE)} ({names}) VALUES ({marks}) ON DUPLICATE KEY UPDATE seq = seq"
         self.settle()
-        conn = pymysql.connect(**args)
+        conn = connect(cfg.mariadb, autocommit=True)
         try:
             with conn.cursor() as cur:
                 t0 = time.perf_counter()
@@ -655,7 +647,7 @@ class Bench:
         else:
             timers.wrap(pymysql.cursors.Cursor, "executemany", "executemany (format + send + wait)")
             timers.wrap(pymysql.connections.Connection, "query", "sending INSERTs + waiting for MariaDB")
-        timers.wrap(wire.GuardedConnection, "commit", "COMMIT")
+        timers.wrap(GuardedConnection, "commit", "COMMIT")
         try:
             result = self.inprocess_drain(built, variant, timers=timers)
         finally:

@@ -9,6 +9,7 @@ instead of being silently ignored.
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import json
 import math
@@ -61,14 +62,36 @@ class MariaDBConfig:
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 30.0
     write_timeout_s: float = 30.0
+    #: TLS towards a TCP host: "disabled", "required", "verify-ca" or "verify-identity"
+    #: (MySQL's names); None: the default for the host (`tls_mode`).
+    ssl_mode: str | None = None
     ssl_ca: Path | None = None
     ssl_cert: Path | None = None
     ssl_key: Path | None = None
-    ssl_verify_identity: bool = True
+    #: ssl_mode came from the old `ssl_verify_identity` key (doctor says what to write instead)
+    ssl_mode_from_legacy_key: bool = False
+    #: backlog batches through the prepared binary INSERT (False: the plain executemany path)
+    fast_path: bool = True
 
     def __repr__(self) -> str:  # never show the password in logs or tracebacks
         shown = "***" if self.password else None
         return f"MariaDBConfig(user={self.user!r}, host={self.host!r}, port={self.port}, password={shown})"
+
+    @property
+    def is_local(self) -> bool:
+        """A unix socket or a loopback address: the traffic never leaves this machine."""
+        return self.unix_socket is not None or is_loopback(self.host)
+
+    @property
+    def tls_mode(self) -> str:
+        """The TLS mode in force: `ssl_mode` as written, else the default for the host:
+        none over a unix socket or to a loopback address without `ssl_ca`, otherwise
+        "verify-identity" (against `ssl_ca`, or the system's CA store)."""
+        if self.unix_socket is not None:
+            return "disabled"
+        if self.ssl_mode is not None:
+            return self.ssl_mode
+        return "disabled" if is_loopback(self.host) and self.ssl_ca is None else "verify-identity"
 
     def read_password(self) -> str | None:
         """The password, read from `password_file` at each call (so it can be rotated)."""
@@ -252,9 +275,44 @@ def _parse_mariadb(t: _Table) -> MariaDBConfig:
         ssl_ca=_opt_path(t.get("ssl_ca", str, None)),
         ssl_cert=_opt_path(t.get("ssl_cert", str, None)),
         ssl_key=_opt_path(t.get("ssl_key", str, None)),
-        ssl_verify_identity=t.get("ssl_verify_identity", bool, True),
+        fast_path=t.get("fast_path", bool, True),
     )
+    cfg = _parse_ssl_mode(t, cfg)
     t.done()
+    return cfg
+
+
+SSL_MODES = ("disabled", "required", "verify-ca", "verify-identity")
+
+
+def _parse_ssl_mode(t: _Table, cfg: MariaDBConfig) -> MariaDBConfig:
+    """`ssl_mode`, or the old `ssl_verify_identity` mapped onto it, checked against the
+    other keys: a contradiction is an error, never a silent downgrade."""
+    mode = t.get("ssl_mode", str, None, check=_one_of(*SSL_MODES))
+    legacy = t.get("ssl_verify_identity", bool, None)
+    if mode is not None and legacy is not None:
+        raise t.error("ssl_verify_identity", "give ssl_mode only (it replaces this key), not both")
+    if legacy is not None and cfg.unix_socket is None and (cfg.ssl_ca or cfg.ssl_cert):
+        # the old key only mattered with ssl_ca/ssl_cert: TLS verified against ssl_ca
+        mode = "verify-identity" if legacy else "verify-ca"
+    cfg = replace(cfg, ssl_mode=mode, ssl_mode_from_legacy_key=legacy is not None)
+    key = "ssl_verify_identity" if legacy is not None and mode is not None else "ssl_mode"
+    if cfg.unix_socket is not None and mode not in (None, "disabled"):
+        raise t.error(key, f"{mode!r} is for TCP: a unix_socket is local and uses no TLS")
+    if cfg.tls_mode == "verify-ca" and cfg.ssl_ca is None:
+        raise t.error(
+            key,
+            '"verify-ca" needs ssl_ca, the CA that signed the server\'s certificate '
+            '(with the system\'s CA store, use "verify-identity")',
+        )
+    if cfg.unix_socket is None and cfg.tls_mode == "disabled" and (cfg.ssl_ca or cfg.ssl_cert):
+        raise t.error("ssl_mode", '"disabled", but ssl_ca/ssl_cert are set: say which one you mean')
+    if cfg.tls_mode == "required" and cfg.ssl_ca is not None:
+        raise t.error(
+            "ssl_mode", '"required" checks no certificate, but ssl_ca is set: use "verify-identity"'
+        )
+    if cfg.ssl_key is not None and cfg.ssl_cert is None:
+        raise t.error("ssl_key", "given without ssl_cert")
     return cfg
 
 
@@ -331,7 +389,7 @@ def _merge_registers(t: _Table, profile: Profile) -> tuple[Register, ...]:
                 check=_one_of("big", "little"),
             ),
             scale=rt.get("scale", float, base.scale if base else 1.0, check=_finite_nonzero),
-            unit=rt.get("unit", str, base.unit if base else ""),
+            unit=rt.get("unit", str, base.unit if base else "", check=_unit),
         )
         rt.done()
         if register.end > 65536:
@@ -479,6 +537,32 @@ def _sql_name(v: str) -> str | None:
 
 def _column(v: str) -> str | None:
     return check_identifier(v)
+
+
+#: Longest register unit: it becomes a MariaDB column comment (and a CSV header).
+UNIT_MAX = 64
+
+
+def _unit(v: str) -> str | None:
+    """A unit ends up in SQL text (a column comment): printable, no backslash (its meaning
+    in a string literal depends on the server's sql_mode), short."""
+    if len(v) > UNIT_MAX:
+        return f"must be at most {UNIT_MAX} characters"
+    if not v.isprintable() or "\\" in v:
+        return "must be printable text without control characters or backslashes"
+    return None
+
+
+def is_loopback(host: str) -> bool:
+    """localhost, 127.0.0.0/8 or ::1 (also as an IPv4-mapped address)."""
+    if host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return address.is_loopback or bool(mapped and mapped.is_loopback)
 
 
 def _opt_path(v: str | None) -> Path | None:

@@ -16,7 +16,9 @@ from . import config as config_mod
 from .buffer import Buffer
 from .errors import EdgelogError
 from .meter import close_meters, open_meters
-from .sync import MariaDBSink
+from .sync import MariaDBSink, wire
+from .sync.connect import pymysql_version
+from .sync.worker import SYNC_PATH_KEY
 
 #: Privileges the logger's MariaDB user needs, and ones it must not have.
 NEEDED = {"SELECT", "INSERT", "UPDATE", "CREATE", "ALTER", "INDEX"}
@@ -46,7 +48,9 @@ def run(path: Path) -> Iterator[Check]:
     yield from _serial(cfg)
     yield from _meters(cfg)
     yield from _buffer(cfg)
+    yield from _tls(cfg.mariadb)
     yield from _mariadb(cfg)
+    yield _sync_path(cfg)
     yield _clock()
     yield _service()
 
@@ -170,6 +174,81 @@ def _mariadb(cfg: config_mod.Config) -> Iterator[Check]:
         )
     else:
         yield Check("OK", "mariadb", f"logged in as {sink.where} with exactly the privileges it needs")
+
+
+def _tls(m: config_mod.MariaDBConfig) -> Iterator[Check]:
+    """How the link to MariaDB is protected (docs/guarantees.md §10), and the risk if it is not."""
+    mode = m.tls_mode
+    if m.ssl_mode_from_legacy_key:
+        yield Check(
+            "WARN",
+            "tls",
+            "[mariadb] ssl_verify_identity is the old form of ssl_mode (still understood)",
+            f'write ssl_mode = "{mode}" instead (same meaning)'
+            if m.ssl_mode is not None
+            else "remove it: without ssl_ca it changed nothing (the default below applies)",
+        )
+    if m.unix_socket is not None:
+        yield Check("OK", "tls", f"unix socket {m.unix_socket}: local, needs no TLS")
+    elif mode == "disabled" and m.is_local:
+        yield Check("OK", "tls", f"{m.host} is this machine (loopback): the traffic never leaves it")
+    elif mode == "disabled":
+        yield Check(
+            "WARN",
+            "tls",
+            f'ssl_mode = "disabled" towards {m.host}: readings and the login cross the network '
+            "unencrypted to a server nobody verified; anyone on the path can read or change them, "
+            "or pose as the server (edgelog still never sends it the password in cleartext)",
+            'enable TLS on the server, then set ssl_mode = "verify-identity" (docs/guarantees.md §10)',
+        )
+    elif mode == "required":
+        yield Check(
+            "WARN",
+            "tls",
+            f"TLS to {m.host} without checking its certificate: an eavesdropper reads nothing, "
+            "but a man in the middle reads and changes everything",
+            'set ssl_ca (the CA of the server\'s certificate) and ssl_mode = "verify-identity"',
+        )
+    else:
+        against = m.ssl_ca or "the system's CA store"
+        what = "certificate and host name" if mode == "verify-identity" else "certificate (not the host name)"
+        yield Check("OK", "tls", f"{mode}: {m.host}'s {what} checked against {against}")
+
+
+def _sync_path(cfg: config_mod.Config) -> Check:
+    """Whether backlogs can take the fast path, and whether the running logger fell back."""
+    if not cfg.mariadb.fast_path:
+        return Check("OK", "sync path", "plain INSERT path ([mariadb] fast_path = false)")
+    problem = wire.fast_path_problem()
+    if problem:
+        return Check(
+            "WARN",
+            "sync path",
+            f"fast path unavailable ({problem}): backlogs take the plain path, slower, nothing lost",
+            "install the tested versions again: sudo scripts/install",
+        )
+    recorded = _recorded_sync_path(cfg.buffer.path)
+    if recorded and recorded.startswith("plain (fast path"):
+        return Check(
+            "WARN",
+            "sync path",
+            f"the logger uses the {recorded}",
+            "nothing is lost; journalctl -u edgelog shows the failure; a restart tries the fast path again",
+        )
+    return Check("OK", "sync path", f"binary fast path available (PyMySQL {pymysql_version()})")
+
+
+def _recorded_sync_path(path: Path) -> str | None:
+    if not path.exists():
+        return None
+    try:
+        buffer = Buffer(path, create=False)
+    except EdgelogError:
+        return None  # the buffer check says why
+    try:
+        return buffer.get_meta(SYNC_PATH_KEY)
+    finally:
+        buffer.close()
 
 
 def _privileges(grants: list[str], database: str) -> set[str]:

@@ -36,6 +36,7 @@ from .clock import utc_text
 from .config import Config
 from .errors import EdgelogError
 from .sync import MariaDBSink
+from .sync.worker import SYNC_PATH_KEY
 
 #: Default of `--max-lag`: a backlog older than this is degraded.
 DEFAULT_MAX_LAG_S = 1800.0
@@ -73,6 +74,9 @@ class Health:
     disk_free_bytes: int | None = None
     disk_total_bytes: int | None = None
     sync_rate: float | None = None
+    #: how the sink writes backlog batches, as the worker recorded it: "binary", or
+    #: "plain (why)"; None until a worker has run
+    sync_path: str | None = None
     mariadb_reachable: bool | None = None
     mariadb_error: str | None = None
     clock_synchronised: bool | None = None
@@ -127,6 +131,7 @@ class Health:
             lag_s=_round(self.lag_s),
             max_lag_s=self.max_lag_s,
             sync_rate_rows_per_s=_round(self.sync_rate),
+            sync_path=self.sync_path,
             drain_eta_s=_round(self.drain_eta_s),
             buffer_max_bytes=self.buffer_max_bytes,
             disk_free_bytes=self.disk_free_bytes,
@@ -176,6 +181,7 @@ def evaluate(
         now = time.time() if now is None else now
         meters = _meters(buffer, cfg, now, silent_intervals)
         rate = _float_or_none(buffer.get_meta(SYNC_RATE_KEY))
+        sync_path = buffer.get_meta(SYNC_PATH_KEY)
     finally:
         buffer.close()
     health = Health(
@@ -187,6 +193,7 @@ def evaluate(
         max_lag_s=max_lag_s,
         silent_intervals=silent_intervals,
         sync_rate=rate,
+        sync_path=sync_path,
     )
     try:
         usage = shutil.disk_usage(Path(cfg.buffer.path).parent)
@@ -277,6 +284,8 @@ def judge(health: Health) -> None:
     for key, value in h.buffer.items():
         if (key.startswith(("dropped", "quarantin")) or "corrupt" in key) and _nonzero(value):
             h.warnings.append(f"{key.replace('_', ' ')}: {_show(key, value, h.now)}")
+    if h.sync_path and h.sync_path.startswith("plain (fast path"):
+        h.warnings.append(f"backlog batches take the slower {h.sync_path}")
     if h.buffer.get("unsent") and h.sync_rate is None and h.mariadb_reachable:
         h.warnings.append("drain rate unknown until the sync worker records one")
 

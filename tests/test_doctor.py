@@ -73,3 +73,26 @@ def test_doctor_fails_on_a_readable_password_file_and_a_bad_config(tmp_path: Pat
     bad = edgelog("doctor", config=config)
     assert bad.returncode == 1
     assert _lines(bad.stdout)["config"] == "FAIL" and "surprise: unknown key" in bad.stdout
+
+
+def test_doctor_says_how_the_link_to_mariadb_is_protected(tmp_path: Path, simulator, logger_db) -> None:
+    meter = meter_toml(simulator.port)
+    result = edgelog("doctor", config=write_config(tmp_path, logger_db.toml(), meter))
+    checks = _lines(result.stdout)
+    assert checks["tls"] == "OK" and f"unix socket {logger_db.socket}: local, needs no TLS" in result.stdout
+    assert checks["sync path"] == "OK" and "binary fast path available (PyMySQL " in result.stdout
+
+    # TLS without verification, to a server that offers none: both named
+    config = write_config(tmp_path, logger_db.toml("tcp", ssl_mode="required", fast_path=False), meter)
+    result = edgelog("doctor", config=config)
+    checks = _lines(result.stdout)
+    assert checks["tls"] == "WARN" and "a man in the middle reads and changes everything" in result.stdout
+    assert checks["mariadb"] == "FAIL" and 'does not offer TLS, and ssl_mode = "required"' in result.stdout
+    assert checks["sync path"] == "OK" and "fast_path = false" in result.stdout
+
+    # the old key still works, and doctor says what to write instead
+    config = write_config(tmp_path, logger_db.toml("tcp", ssl_verify_identity=True), meter)
+    result = edgelog("doctor", config=config)
+    assert "ssl_verify_identity is the old form of ssl_mode" in result.stdout
+    assert "127.0.0.1 is this machine (loopback)" in result.stdout
+    assert _lines(result.stdout)["mariadb"] == "OK"

@@ -5,17 +5,23 @@ with ``INSERT ... ON DUPLICATE KEY UPDATE seq = seq``, so replaying a batch that
 MariaDB already committed (the logger died before it could record that) changes
 nothing. Unlike ``INSERT IGNORE``, this keeps strict mode's errors for bad values.
 
-Backlogs: a batch of at least `BINARY_MIN_ROWS` rows is written by a prepared
-multi-row INSERT (the same statement, strict mode and ON DUPLICATE KEY clause)
-whose values travel in the binary protocol, pipelined (see `wire`): several times
-faster than the text INSERT, and faster than MariaDB ingests the same rows with
-``LOAD DATA``. Smaller batches (live syncs) use the text INSERT: one round trip,
-no statement to prepare. The sink never uses ``LOAD DATA LOCAL`` and its
-connections refuse any request for a local file (`wire.GuardedConnection`).
+Two paths, one statement. A batch of at least `BINARY_MIN_ROWS` rows takes the
+*fast path*: a prepared multi-row INSERT (the same statement, strict mode and ON
+DUPLICATE KEY clause) whose values travel in the binary protocol, pipelined (see
+`wire`): several times faster than the text INSERT. Smaller batches (live syncs),
+and every batch once the fast path is off, take the *plain path*: PyMySQL's
+public ``executemany`` of the text INSERT. The fast path is off when
+`[mariadb] fast_path = false`, when the installed PyMySQL lacks a private name it
+needs (checked at the first connection), or after it failed in a way no batch
+explains (a protocol surprise, an AttributeError or TypeError from the library):
+then the batch's connection is dropped, so nothing of it is committed, the batch
+is written by the plain path at once, the failure is logged once, and
+`sync_path` (which the worker records for `sync-status`) says why. It stays off
+for the life of the process: the cause is the installed library, which a new
+connection does not change; a restart tries again.
 
-Every connection has connect, read and write timeouts: PyMySQL's read and write
-timeouts default to none, and a server that hangs mid-query would hang the
-worker forever.
+Every connection comes from `connect.connect()`: timeouts, TLS per ssl_mode, the
+password guard, and no LOCAL INFILE.
 """
 
 from __future__ import annotations
@@ -25,21 +31,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pymysql
-from pymysql.converters import escape_string
 
 from ..clock import utc_text
 from ..config import MariaDBConfig
 from ..errors import SinkRejected, SinkUnavailable
-from .wire import (
-    CHUNK_ROWS,
-    GuardedConnection,
-    RowPacker,
-    chunk_sizes,
-    close_statement,
-    prepare,
-    read_ok,
-    send_execute,
-)
+from . import wire
+from .connect import connect, describe, where
+from .wire import CHUNK_ROWS, RowPacker, chunk_sizes, close_statement, prepare, read_ok, send_execute
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +75,17 @@ def quote(identifier: str) -> str:
     return f"`{identifier}`"
 
 
+def comment(text: str) -> str:
+    """A SQL string literal the same under every sql_mode: quotes doubled (backslash
+    escaping means nothing under NO_BACKSLASH_ESCAPES); a backslash or a control
+    character, which config validation refuses in a unit, is an error here too."""
+    if "\\" in text or not text.isprintable():
+        raise ValueError(f"unsafe column comment {text!r}")
+    return "'" + text.replace("'", "''") + "'"
+
+
 def column_sql(name: str, unit: str) -> str:
-    return f"{quote(name)} DOUBLE NULL COMMENT '{escape_string(unit)}'"
+    return f"{quote(name)} DOUBLE NULL COMMENT {comment(unit)}"
 
 
 def create_table_sql(table: str, columns: Mapping[str, str]) -> str:
@@ -107,11 +114,18 @@ def create_table_sql(table: str, columns: Mapping[str, str]) -> str:
 class MariaDBSink:
     """Writes batches into `[mariadb] table`; one connection, reopened after any error."""
 
-    def __init__(self, config: MariaDBConfig, site: str, binary: bool = True):
+    def __init__(self, config: MariaDBConfig, site: str, binary: bool | None = None):
         self.config = config
         self.site = site
-        self.binary = binary  # False: every batch as a text INSERT (the bench's comparison)
+        #: the fast path for backlog batches (None: `[mariadb] fast_path`); False: every
+        #: batch by the plain path
+        self.binary = config.fast_path if binary is None else binary
+        #: how backlog batches travel: "binary", or "plain (why)"; the worker records it
+        self.sync_path = "binary" if self.binary else "plain (fast_path = false)"
+        self._checked = not self.binary
         self.conn: pymysql.connections.Connection | None = None
+        #: statements prepared on `conn`: (table, columns, rows) -> (statement id, parameters)
+        self._statements: dict[tuple[Any, ...], tuple[int, int]] = {}
         self._known_columns: set[str] | None = None
         #: batches written each way (binary: prepared statements; text: executemany), and
         #: binary batches written again as text (a value the binary protocol cannot carry)
@@ -119,62 +133,34 @@ class MariaDBSink:
 
     # -- connection ----------------------------------------------------------------
 
-    def connect_args(self) -> dict[str, Any]:
-        c = self.config
-        args: dict[str, Any] = {
-            "user": c.user,
-            "password": c.read_password() or "",
-            "database": c.database,
-            "charset": "utf8mb4",
-            "autocommit": False,
-            "connect_timeout": c.connect_timeout_s,
-            "read_timeout": c.read_timeout_s,
-            "write_timeout": c.write_timeout_s,
-            "local_infile": False,
-            "init_command": "SET SESSION time_zone = '+00:00', "
-            "sql_mode = 'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION'",
-        }
-        if c.unix_socket:
-            args["unix_socket"] = c.unix_socket
-        else:
-            args["host"], args["port"] = c.host, c.port
-        if c.ssl_ca or c.ssl_cert:
-            # PyMySQL's ssl_* arguments (not its `ssl` dict, which they would replace):
-            # the server's certificate is always verified against ssl_ca.
-            args["ssl_ca"] = str(c.ssl_ca) if c.ssl_ca else None
-            args["ssl_cert"] = str(c.ssl_cert) if c.ssl_cert else None
-            args["ssl_key"] = str(c.ssl_key) if c.ssl_key else None
-            args["ssl_verify_cert"] = True
-            args["ssl_verify_identity"] = c.ssl_verify_identity
-        return args
-
     def _connection(self) -> pymysql.connections.Connection:
         if self.conn is None:
-            c = self.config
-            # PyMySQL's connect_timeout bounds only the TCP connect; the handshake, the
-            # login and init_command run under read/write_timeout. Bound them by
-            # connect_timeout too (as the MariaDB C client does), so a listener that
-            # accepts and never answers fails in connect_timeout_s, then switch to the
-            # query timeouts.
-            args = self.connect_args()
-            args["read_timeout"] = args["write_timeout"] = c.connect_timeout_s
             try:
-                # pymysql.connect(), but any LOCAL INFILE request is refused (wire.py)
-                conn = GuardedConnection.open(args)
+                self.conn = connect(self.config)
             except pymysql.MySQLError as exc:
-                raise SinkUnavailable(f"MariaDB {self.where}: {_describe(exc)}") from None
+                raise SinkUnavailable(f"MariaDB {self.where}: {describe(exc)}") from None
             except (OSError, ValueError) as exc:
                 raise SinkUnavailable(f"MariaDB {self.where}: {exc}") from None
-            conn._read_timeout = c.read_timeout_s  # read by PyMySQL before every socket read
-            conn._write_timeout = c.write_timeout_s  # ... and before every write
-            self.conn = conn
+            if not self._checked:  # the first connection: can the fast path run here?
+                self._checked = True
+                problem = wire.fast_path_problem()
+                if problem:
+                    self._fall_back(f"fast path unavailable: {problem}")
         return self.conn
+
+    def _fall_back(self, reason: str) -> None:
+        """The plain path for every batch from now on (this process); said once."""
+        self.binary = False
+        self.sync_path = f"plain ({reason})"
+        log.warning(
+            "sync: %s; backlog batches take the plain INSERT path from now on "
+            "(nothing is lost, it is slower; a restart tries the fast path again)",
+            reason,
+        )
 
     @property
     def where(self) -> str:
-        c = self.config
-        place = c.unix_socket or f"{c.host}:{c.port}"
-        return f"{c.user}@{place}/{c.database}"
+        return where(self.config)
 
     def close(self) -> None:
         if self.conn is not None:
@@ -183,6 +169,7 @@ class MariaDBSink:
             except Exception:
                 log.debug("closing a broken MariaDB connection", exc_info=True)
             self.conn = None
+        self._statements = {}
         self._known_columns = None
 
     def _run(self, work):
@@ -213,8 +200,8 @@ class MariaDBSink:
             self.close()
             code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
             if code in REJECTED_CODES:
-                raise SinkRejected(f"MariaDB {self.where} rejected rows: {_describe(exc)}") from None
-            raise SinkUnavailable(f"MariaDB {self.where}: {_describe(exc)}") from None
+                raise SinkRejected(f"MariaDB {self.where} rejected rows: {describe(exc)}") from None
+            raise SinkUnavailable(f"MariaDB {self.where}: {describe(exc)}") from None
         except (TimeoutError, OSError) as exc:
             self._orphan = conn.thread_id()
             self.close()
@@ -300,43 +287,56 @@ class MariaDBSink:
             "ON DUPLICATE KEY UPDATE seq = seq"
         )
 
-    def _statement(self, conn: GuardedConnection, columns: Sequence[str], n_rows: int) -> int:
+    def _statement(self, conn: Any, columns: Sequence[str], n_rows: int) -> int:
         """The id of the prepared INSERT of `n_rows` rows on this connection."""
+        statements = self._statements
         key = (self.config.table, tuple(columns), n_rows)
-        known = conn.statements.get(key)
+        known = statements.get(key)
         if known is None:
-            if len(conn.statements) >= MAX_STATEMENTS:
-                for stmt_id, _ in conn.statements.values():
+            if len(statements) >= MAX_STATEMENTS:
+                for stmt_id, _ in statements.values():
                     close_statement(conn, stmt_id)
-                conn.statements.clear()
-            known = conn.statements[key] = prepare(conn, self._insert_sql(columns, n_rows))
+                statements.clear()
+            known = statements[key] = prepare(conn, self._insert_sql(columns, n_rows))
             expected = n_rows * (len(INSERT_COLUMNS) + len(columns))
             if known[1] != expected:
-                raise pymysql.err.OperationalError(
-                    0, f"prepared INSERT has {known[1]} parameters, not {expected}"
-                )
+                raise wire.FastPathError(0, f"prepared INSERT has {known[1]} parameters, not {expected}")
         return known[0]
 
     def _binary_batch(self, buffer_id: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> bool:
         """Write `rows` by the prepared INSERT in one transaction, executions pipelined.
-        False (nothing committed) if a row holds a value the binary protocol cannot carry:
-        the caller writes the batch with the text INSERT, whose rules then apply."""
+        False (nothing committed) if the plain path must write them: a row holds a value
+        the binary protocol cannot carry, or the fast path failed (then it is off)."""
         packer = RowPacker(self.site, buffer_id, len(columns), ERROR_MAX)
 
         def work(cur) -> None:
-            conn: GuardedConnection = cur.connection
-            sizes = chunk_sizes(len(rows), CHUNK_ROWS)
-            ids = {n: self._statement(conn, columns, n) for n in set(sizes)}  # before any EXECUTE
-            start = 0
-            for n in sizes:  # each execution goes out as soon as it is packed ...
-                send_execute(conn, packer.execute_body(ids[n], rows[start : start + n]))
-                start += n
-            for _ in sizes:  # ... then the answers, in order; the first error raises
-                read_ok(conn)
+            conn = cur.connection
+            try:
+                wire.check_connection(conn)
+                sizes = chunk_sizes(len(rows), CHUNK_ROWS)
+                ids = {n: self._statement(conn, columns, n) for n in set(sizes)}  # before any EXECUTE
+                start = 0
+                for n in sizes:  # each execution goes out as soon as it is packed ...
+                    try:
+                        body = packer.execute_body(ids[n], rows[start : start + n])
+                    except (TypeError, ValueError, OverflowError) as exc:
+                        raise _Unpackable(str(exc)) from None
+                    send_execute(conn, body)
+                    start += n
+                for _ in sizes:  # ... then the answers, in order; the first error raises
+                    read_ok(conn)
+            except (_Unpackable, OSError):
+                raise
+            except pymysql.MySQLError as exc:
+                if isinstance(exc, wire.FastPathError) or not (exc.args and isinstance(exc.args[0], int)):
+                    raise _FastPathFailed(f"{type(exc).__name__}: {describe(exc)}") from exc
+                raise  # the server's answer: the same as the plain path would get
+            except Exception as exc:  # the library changed under the fast path
+                raise _FastPathFailed(f"{type(exc).__name__}: {exc}") from exc
 
         try:
             self._run(work)
-        except (TypeError, ValueError, OverflowError) as exc:
+        except _Unpackable as exc:
             # Nothing committed: the connection is dropped, so its transaction rolls back.
             log.info(
                 "a batch holds a value the binary protocol cannot carry (%s); using the text INSERT", exc
@@ -344,15 +344,25 @@ class MariaDBSink:
             self.close()
             self.stats["binary_fallback"] += 1
             return False
+        except _FastPathFailed as exc:
+            self.close()  # its transaction rolls back: nothing of the batch is committed
+            self._fall_back(f"fast path failed: {_one_line(str(exc))}")
+            return False
         return True
+
+
+class _Unpackable(Exception):
+    """A row holds a value the binary protocol cannot carry as its column's type."""
+
+
+class _FastPathFailed(Exception):
+    """The fast path failed for a reason no row explains: the library, not the batch."""
 
 
 def _clip(error: str | None) -> str | None:
     return error if error is None or len(error) <= ERROR_MAX else error[: ERROR_MAX - 1] + "…"
 
 
-def _describe(exc: pymysql.MySQLError) -> str:
-    """One line: '(code) message' from a PyMySQL error, without the password."""
-    if len(exc.args) >= 2:
-        return f"({exc.args[0]}) {str(exc.args[1]).splitlines()[0]}"
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+def _one_line(text: str, limit: int = 200) -> str:
+    line = text.splitlines()[0] if text else ""
+    return line if len(line) <= limit else line[: limit - 1] + "…"

@@ -35,6 +35,9 @@ from .sink import Sink
 log = logging.getLogger(__name__)
 
 Row = Sequence[Any]
+#: Buffer meta key: how the sink writes backlog batches ("binary", or "plain (why)"),
+#: kept for `sync-status`, which runs in another process.
+SYNC_PATH_KEY = "sync_path"
 
 
 class SyncWorker:
@@ -58,6 +61,7 @@ class SyncWorker:
         self._counted = False  # the last round counted a refusal (progress towards quarantine)
         self._logged_kinds: set[str] = set()  # errors logged in this streak, digits left out
         self._ready = False
+        self._noted_path: str | None = None
 
     def _prepare(self) -> None:
         """Once per connection: make the table fit, and skip what the sink already has."""
@@ -101,9 +105,30 @@ class SyncWorker:
 
         visit(rows)
 
+    def _note_path(self) -> None:
+        """Record the sink's `sync_path` in the buffer when it changes (one write a change)."""
+        path = getattr(self.sink, "sync_path", None)
+        if path is None or path == self._noted_path:
+            return
+        try:
+            if self.buffer.get_meta(SYNC_PATH_KEY) != path:
+                self.buffer.set_meta(SYNC_PATH_KEY, path)
+        except Exception as exc:  # tried again next round; said once
+            if self._noted_path != "":
+                log.warning("sync: cannot record the sync path in the buffer: %s", exc)
+            self._noted_path = ""
+            return
+        self._noted_path = path
+
     def sync_once(self) -> int:
         """Send the oldest unsent batch. Returns the number of rows resolved (committed by
         the sink, or quarantined); raises SinkRejected while a refused row is pending."""
+        try:
+            return self._sync_once()
+        finally:
+            self._note_path()
+
+    def _sync_once(self) -> int:
         self._counted = False
         try:
             self._prepare()
