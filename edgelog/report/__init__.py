@@ -31,6 +31,7 @@ except ImportError:  # pragma: no cover - depends on the installation
     ) from None
 
 from ..export import Query, open_source
+from ..outfile import replacing
 from ..progress import Progress
 from .data import Aggregator, Period, Summary, summarize
 from .text import period_label, t
@@ -94,10 +95,13 @@ def run(
     paths = [out_dir / f"{stem}.{ext}" for ext in ("png", "pdf", "html")]
     fig = figure(agg, period, meta, now)
     png = png_bytes(fig)
-    try:
-        paths[0].write_bytes(png)
-        write_pdf(paths[1], [fig, table_figure(rows, period, meta)], meta, title)
-        write_html(paths[2], png, rows, period, meta, title)
+    try:  # each file whole or not at all, never through a planted name (outfile.py)
+        with replacing(paths[0]) as out:
+            out.write(png)
+        with replacing(paths[1]) as out:
+            write_pdf(out, [fig, table_figure(rows, period, meta)], meta, title)
+        with replacing(paths[2], binary=False) as out:
+            write_html(out, png, rows, period, meta, title)
     except OSError as exc:
         raise EdgelogError(f"report: cannot write in {out_dir}: {exc.strerror}") from None
     return paths

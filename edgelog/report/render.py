@@ -13,7 +13,7 @@ import io
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from typing import BinaryIO, TextIO
 
 import matplotlib
 
@@ -341,15 +341,15 @@ def png_bytes(fig: Figure) -> bytes:
     return out.getvalue()
 
 
-def write_pdf(path: Path, pages: Sequence[Figure], meta: Meta, title: str) -> None:
+def write_pdf(out: BinaryIO, pages: Sequence[Figure], meta: Meta, title: str) -> None:
     info = {"Title": title, "Author": f"edgelog {__version__}", "Subject": meta.site, "Creator": "edgelog"}
-    with matplotlib.rc_context(STYLE), PdfPages(path, metadata=info) as pdf:
+    with matplotlib.rc_context(STYLE), PdfPages(out, metadata=info) as pdf:
         for page in pages:
             pdf.savefig(page)
 
 
 def write_html(
-    path: Path, png: bytes, rows: Sequence[tuple[str, str, str]], period: Period, meta: Meta, title: str
+    out: TextIO, png: bytes, rows: Sequence[tuple[str, str, str]], period: Period, meta: Meta, title: str
 ) -> None:
     lang = meta.lang
     e = html.escape
@@ -410,4 +410,4 @@ def write_html(
 </body>
 </html>
 """
-    path.write_text(page, encoding="utf-8")
+    out.write(page)
