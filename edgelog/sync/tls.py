@@ -109,7 +109,7 @@ def refusal(config: MariaDBConfig, plugin: str) -> PasswordRefused:
     sends = CLEARTEXT_PLUGINS.get(plugin, "the password")
     return PasswordRefused(
         CR.CR_AUTH_PLUGIN_CANNOT_LOAD,
-        f"the server asked for {sends} ({plugin}) over {channel(config)}: refused, nothing sent; "
+        f"the server asked for {sends} ({plugin}) over {channel(config)}: refused, password not sent; "
         'set ssl_mode = "verify-identity" (or "verify-ca" with ssl_ca) so the server proves who it is',
     )
 
