@@ -19,12 +19,14 @@ Disturbances on a schedule (`Plant.schedule`, `parse_schedule`, `edgelog
 simulate --schedule`): an outage (0 V, 0 A, 0 W, 0 Hz), an overload (the
 village demands a multiple of the water's power) and a voltage held at a value
 (a precarious or critical voltage), at a given time or every day; the first
-listed wins where two of a kind overlap. `Plant.day_variation` makes days differ. Like the real meter it refuses a read
-that starts or ends inside a value or covers an undocumented address, and
-answers FC 0x03 and 0x04 alike. The values of one poll are one snapshot, taken
-when a request for the first register arrives (a meter refreshes its registers
-once per measuring cycle, not between the requests of one poll). Tests use its knobs to inject faults: a slow
-answer (`delay_s`), an exception response (`exception_code`), forced values
+listed wins where two of a kind overlap. `Plant.day_variation` makes days differ.
+
+Like the real meter it refuses a read that starts or ends inside a value or
+covers an undocumented address, and answers FC 0x03 and 0x04 alike. The values
+of one poll are one snapshot, taken when a request for the first register
+arrives (a meter refreshes its registers once per measuring cycle, not between
+the requests of one poll). Tests use its knobs to inject faults: a slow answer
+(`delay_s`), an exception response (`exception_code`), forced values
 (`override`, e.g. NaN), and read `requests` / `served` to see what went out.
 """
 
@@ -245,16 +247,16 @@ def plant_values(t: float, local_offset_h: float = -3.0, plant: Plant = DEFAULT_
     twenty instantaneous values and the two energy counters."""
     hour = ((t / 3600.0) + local_offset_h) % 24
     load = load_fraction(hour) * (1 + 0.03 * _noise(t, "load")) * plant.day_factor(t, local_offset_h)
-    demand_scale = 1.0
-    if (over := plant.active(t, local_offset_h, "overload")) is not None:
-        demand_scale = over.value * plant.hydraulic_w / (plant.peak_w * load)  # type: ignore[operator]
     held = plant.active(t, local_offset_h, "voltage")
     parts = []
     for k, share in enumerate(PHASE_SHARE, start=1):
-        p = plant.peak_w * load * demand_scale * share * (1 + 0.05 * _noise(t, f"p{k}"))
+        p = plant.peak_w * load * share * (1 + 0.05 * _noise(t, f"p{k}"))
         pf = 0.97 - 0.08 * load + 0.01 * _noise(t, f"pf{k}")
         u = held.value if held is not None else NOMINAL_V * (1.03 - 0.07 * load)
         parts.append((p, p * math.tan(math.acos(pf)), u + 0.4 * _noise(t, f"u{k}")))
+    if (over := plant.active(t, local_offset_h, "overload")) is not None:  # demand = value x water
+        scale = over.value * plant.hydraulic_w / sum(p for p, _, _ in parts)  # type: ignore[operator]
+        parts = [(p * scale, q * scale, u) for p, q, u in parts]
     # The electronic load controller: 60 Hz while the demand is below the water's power.
     ratio = max(1.0, sum(p for p, _, _ in parts) / plant.hydraulic_w)
     f = NOMINAL_HZ + 0.03 * math.sin(t / 37.0) + 0.02 * _noise(t, "f")
