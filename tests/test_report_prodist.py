@@ -90,15 +90,15 @@ def fixture_day(offset: int) -> dict[str, float] | None:
     return reading((v[0], v[1], v[2]), p, f)
 
 
-def write_and_sync(tmp_path: Path, logger_db: LoggerDB, day: str, source) -> Path:
-    """Write the readings of `source(offset)` for one local day through the buffer, sync them
-    into MariaDB with the real worker; return the config (with [plant])."""
+def write_and_sync(tmp_path: Path, logger_db: LoggerDB, start: float, span_s: int, step: int, source) -> Path:
+    """Write the readings `source(offset)` (None: a failed poll) every `step` seconds of
+    [start, start + span_s) through the buffer, sync them into MariaDB with the real worker;
+    return the config (with [plant])."""
     path = tmp_path / "buffer.sqlite3"
-    start = dt.datetime.combine(dt.date.fromisoformat(day), dt.time(), TZ).timestamp()
     buffer = Buffer(path, COLUMNS)
     try:
         readings = []
-        for offset in range(0, 86400, STEP):
+        for offset in range(0, span_s, step):
             values = source(offset)
             error = "no answer from unit 126" if values is None else None
             readings.append(NewReading("pac1", start + offset, values, error, True))
@@ -113,17 +113,18 @@ def write_and_sync(tmp_path: Path, logger_db: LoggerDB, day: str, source) -> Pat
     )
     buffer, sink = Buffer(path, create=False), MariaDBSink(mariadb, "test-site")
     try:
-        assert SyncWorker(buffer, sink, UNITS, 2000).drain() == 86400 // STEP
+        assert SyncWorker(buffer, sink, UNITS, 2000).drain() == span_s // step
     finally:
         sink.close()
         buffer.close()
-    return write_config(tmp_path, logger_db.toml(), meter_toml(5020, interval_s=STEP), PLANT)
+    return write_config(tmp_path, logger_db.toml(), meter_toml(5020, interval_s=step), PLANT)
 
 
 def test_a_fixture_day_gives_the_hand_computed_prodist_and_load_figures(
     tmp_path: Path, logger_db: LoggerDB
 ) -> None:
-    config = write_and_sync(tmp_path, logger_db, DAY, fixture_day)
+    start = dt.datetime.combine(dt.date.fromisoformat(DAY), dt.time(), TZ).timestamp()
+    config = write_and_sync(tmp_path, logger_db, start, 86400, STEP, fixture_day)
     cfg = config_mod.load(config)
     period = Period.parse(day=DAY)
     agg, _, _ = build(cfg, period)
@@ -233,10 +234,9 @@ def test_a_fixture_day_gives_the_hand_computed_prodist_and_load_figures(
 
 
 def week_source(start_day: dt.date):
-    """A week for PRODIST's own case: 1,008 valid readings. L1 is precarious (116 V) in 40
-    windows (the first 40 minutes of each 10:00 hour... 10:00-10:40 on days 0-9 don't exist
-    in a week, so: 10:00-11:40 on Monday to Wednesday = 30 windows, and 10:00-11:40 on Thursday
-    = 10 more), L2 critical (140 V) in 6 windows (Friday 20:00-21:00)."""
+    """A week for PRODIST's own case, 1,008 valid readings: L1 precarious (116 V) 10:00-11:40 on
+    Monday to Thursday (10 windows a day, 40 in all), L2 critical (140 V) on Friday 20:00-21:00
+    (6 windows)."""
 
     def values(offset: int) -> dict[str, float]:
         day, second = divmod(offset, 86400)
@@ -252,29 +252,9 @@ def week_source(start_day: dt.date):
 
 def test_a_full_week_follows_prodist_formula_against_its_limits(tmp_path: Path, logger_db: LoggerDB) -> None:
     monday = dt.date(2026, 6, 1)
-    source = week_source(monday)
-    path = tmp_path / "buffer.sqlite3"
     start = dt.datetime.combine(monday, dt.time(), TZ).timestamp()
-    buffer = Buffer(path, COLUMNS)
-    try:  # one reading a minute: 10 per window, every window complete
-        buffer.append_many(
-            [NewReading("pac1", start + o, source(o), None, True) for o in range(0, 7 * 86400, 60)]
-        )
-    finally:
-        buffer.close()
-    mariadb = MariaDBConfig(
-        user=logger_db.user,
-        password_file=logger_db.password_file,
-        unix_socket=logger_db.socket,
-        database=logger_db.database,
-    )
-    buffer, sink = Buffer(path, create=False), MariaDBSink(mariadb, "test-site")
-    try:
-        assert SyncWorker(buffer, sink, UNITS, 2000).drain() == 7 * 1440
-    finally:
-        sink.close()
-        buffer.close()
-    config = write_config(tmp_path, logger_db.toml(), meter_toml(5020, interval_s=60), PLANT)
+    # one reading a minute: 10 per window, every window complete
+    config = write_and_sync(tmp_path, logger_db, start, 7 * 86400, 60, week_source(monday))
     cfg = config_mod.load(config)
     period = Period.parse(week="2026-W23")
     agg, _, _ = build(cfg, period)

@@ -15,7 +15,7 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator
 from . import limits, study
 from .data import PHASES, Aggregator, Period, _col
 from .summary import Summary
-from .text import STUDY_PANELS, number, period_label, t, tick
+from .text import STUDY_PANELS, number, t, tick
 
 WEEKDAY_COLOUR = "#0072B2"
 WEEKEND_COLOUR = "#D55E00"
@@ -24,7 +24,7 @@ WATER_COLOUR = "#1f77b4"
 
 
 def study_figure(agg: Aggregator, s: Summary, period: Period, meta) -> Figure:
-    from .render import A4_PORTRAIT, PHASE_COLOURS, STYLE, TOTAL_COLOUR
+    from .render import A4_PORTRAIT, PHASE_COLOURS, STYLE, TOTAL_COLOUR, heading
 
     lang = meta.lang
     with matplotlib.rc_context(STYLE):
@@ -41,18 +41,7 @@ def study_figure(agg: Aggregator, s: Summary, period: Period, meta) -> Figure:
         for ax, key in zip(axes.flat, STUDY_PANELS, strict=True):
             ax.set_title(t(lang, key), fontsize=8)
             ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: tick(v, lang)))
-        fig.suptitle(
-            f"{t(lang, 'study_title')}: {meta.site} / {meta.meter}", fontsize=12, fontweight="bold", y=0.985
-        )
-        label = period_label(period.kind, period.start, period.end, lang)
-        fig.text(
-            0.5,
-            0.953,
-            t(lang, "subtitle", site=meta.site, meter=meta.meter, period=label, source=meta.source),
-            ha="center",
-            fontsize=8,
-            color="#444444",
-        )
+        heading(fig, "study_title", period, meta)
     return fig
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import limits
-from .data import BIN_S, FREQ_FLAGS, PHASES, Aggregator, _col
+from .data import BIN_S, FREQ_FLAGS, PHASES, Aggregator, _col, _group_sum
 
 
 @dataclass
@@ -54,19 +54,14 @@ def window_readings(agg: Aggregator, now: float) -> tuple[np.ndarray, np.ndarray
     interval = agg.interval_s
     covered = np.stack(
         [
-            _sum(np.minimum(agg.cnt[:, agg.index[n]] * interval, BIN_S), group)
+            _group_sum(np.minimum(agg.cnt[:, agg.index[n]] * interval, BIN_S), group)
             for n in names  # seconds each phase's readings cover
         ],
         axis=1,
     ).min(axis=1)[:elapsed]
-    interrupted = _sum(agg.dead_count(), group)[:elapsed] > 0
+    interrupted = _group_sum(agg.dead_count(), group)[:elapsed] > 0
     complete = covered >= limits.WINDOW_MIN_COVERAGE * limits.PRODIST_WINDOW_S
     return means, complete & ~interrupted & np.isfinite(means).all(axis=1), interrupted
-
-
-def _sum(a: np.ndarray, group: int) -> np.ndarray:
-    pad = (-len(a)) % group
-    return np.concatenate([a.astype(float), np.zeros(pad)]).reshape(-1, group).sum(axis=1)
 
 
 def classify(v: np.ndarray, ranges: limits.VoltageRanges = limits.PHASE_NEUTRAL_127) -> np.ndarray:

@@ -203,18 +203,7 @@ def figure(agg: Aggregator, period: Period, meta: Meta, now: float) -> Figure:
         reac.set_xlim(mdates.date2num([period.start, period.end]))
         reac.set_xlabel(t(lang, "local_time", tz=period.tz.key))
 
-        fig.suptitle(
-            f"{t(lang, 'title')}: {meta.site} / {meta.meter}", fontsize=12, fontweight="bold", y=0.985
-        )
-        label = period_label(period.kind, period.start, period.end, lang)
-        fig.text(
-            0.5,
-            0.953,
-            t(lang, "subtitle", site=meta.site, meter=meta.meter, period=label, source=meta.source),
-            ha="center",
-            fontsize=8,
-            color="#444444",
-        )
+        heading(fig, "title", period, meta)
         footer = t(lang, "footer", version=__version__, when=meta.made_at.strftime("%Y-%m-%d %H:%M %Z"))
         fig.text(0.085, 0.012, _wrap(footer, 150), fontsize=6.5, color="#666666", va="bottom")
     return fig
@@ -229,6 +218,15 @@ def _fp(agg: Aggregator, p: str, q: str, group: int) -> np.ndarray:
     sq = agg.mean(q, group)
     with np.errstate(invalid="ignore", divide="ignore"):
         return sp / np.hypot(sp, sq)
+
+
+def heading(fig: Figure, title: str, period: Period, meta: Meta) -> None:
+    """A page's title (text key `title`) and the line naming site, meter, period and source."""
+    lang = meta.lang
+    fig.suptitle(f"{t(lang, title)}: {meta.site} / {meta.meter}", fontsize=12, fontweight="bold", y=0.985)
+    label = period_label(period.kind, period.start, period.end, lang)
+    subtitle = t(lang, "subtitle", site=meta.site, meter=meta.meter, period=label, source=meta.source)
+    fig.text(0.5, 0.953, subtitle, ha="center", fontsize=8, color="#444444")
 
 
 def _range(agg: Aggregator, name: str) -> tuple[float, float]:

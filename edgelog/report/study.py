@@ -27,7 +27,7 @@ import numpy as np
 
 from ..config import PlantConfig
 from . import limits
-from .data import BIN_S, PHASES, Aggregator, Period, _col, gap_spans
+from .data import BIN_S, PHASES, Aggregator, Period, _col, _group_sum, gap_spans
 from .events import MAX_KEPT, Event
 
 QUARTER = limits.DEMAND_WINDOW_S // BIN_S
@@ -56,14 +56,9 @@ def demand_kw(agg: Aggregator, lo: int = 0, hi: int | None = None) -> np.ndarray
     if not agg.any("p_total"):
         return np.full(math.ceil(((hi or agg.n) - lo) / QUARTER), np.nan)
     i = agg.index["p_total"]
-    sums, counts = _group(agg.sum[lo:hi, i], QUARTER), _group(agg.cnt[lo:hi, i], QUARTER)
+    sums, counts = _group_sum(agg.sum[lo:hi, i], QUARTER), _group_sum(agg.cnt[lo:hi, i], QUARTER)
     usable = counts >= 0.5 * limits.DEMAND_WINDOW_S / agg.interval_s
     return np.where(usable, sums / np.maximum(counts, 1), np.nan) / 1000
-
-
-def _group(a: np.ndarray, group: int) -> np.ndarray:
-    pad = (-len(a)) % group
-    return np.concatenate([a.astype(float), np.zeros(pad)]).reshape(-1, group).sum(axis=1)
 
 
 def peak(d: np.ndarray) -> int | None:
