@@ -14,6 +14,7 @@ import math
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import numpy as np
 import pytest
 from conftest import LoggerDB, edgelog, meter_toml, write_config
 
@@ -23,6 +24,7 @@ from edgelog.buffer.store import NewReading
 from edgelog.config import MariaDBConfig
 from edgelog.profiles import PAC3100
 from edgelog.report import Period, build, summarize
+from edgelog.report.data import Aggregator, MinuteBins
 from edgelog.sync import MariaDBSink, SyncWorker
 
 COLUMNS = [r.name for r in PAC3100.registers]
@@ -216,6 +218,18 @@ def test_a_fixture_day_gives_the_hand_computed_prodist_and_load_figures(
     )
     assert b.i2_i1_weighted > 0 and b.neutral_mean == pytest.approx(2.0)
     assert b.kva_at_peak == pytest.approx({k: 1.02 * 13 / 12 * 4.0 for k in (1, 2, 3)})
+
+    # The same day as per-minute aggregate rows (avg, min, max and count per column: what a
+    # one-minute table would hold) fed through `add_bins` gives the same figures.
+    avg = np.where(agg.cnt > 0, agg.sum / np.maximum(agg.cnt, 1), 0.0)
+    minutes = agg.first_minute + np.arange(agg.n)
+    table = MinuteBins(minutes, avg * agg.cnt, agg.cnt, agg.min, agg.max, agg.rows, agg.good, agg.failed)
+    again = Aggregator(period.start_ts, period.end_ts, agg.columns)
+    again.interval_hint = float(STEP)  # from the table's sample counts
+    again.add_bins(table)
+    s2 = summarize(again, period.end_ts + 3600, period, cfg.plant)
+    assert s2.conformity == c and s2.duration == s.duration and s2.capacity == s.capacity
+    assert (s2.energy_kwh, s2.peak_kw, s2.interruptions.total_s) == pytest.approx((136.0, 12.0, 1200.0))
 
     # One local day in the table; its figures are the day's.
     (day,) = s.days
