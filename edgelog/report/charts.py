@@ -156,10 +156,18 @@ def _against_load(f_ax, v_ax, agg: Aggregator, s: Summary, lang: str) -> None:
             continue
         y = agg.mean(name)
         have = np.isfinite(p) & np.isfinite(y)
-        ax.scatter(p[have], y[have], s=1.5, color="#333333", alpha=0.25, lw=0, rasterized=True)
+        ax.scatter(p[have], y[have], s=2, color="#333333", alpha=0.3, lw=0, rasterized=True, zorder=3)
         if s.plant.hydraulic_kw:
             x = number(s.plant.hydraulic_kw, lang)
-            ax.axvline(s.plant.hydraulic_kw, color=WATER_COLOUR, ls=":", lw=1.1, label=t(lang, "water", x=x))
+            ax.axvline(
+                s.plant.hydraulic_kw,
+                color=WATER_COLOUR,
+                ls=":",
+                lw=1.0,
+                alpha=0.6,
+                zorder=1,
+                label=t(lang, "water", x=x),
+            )
         ax.set_xlabel(t(lang, "p_kw"))
         ax.set_ylabel(ylabel)
         ax.set_xlim(left=0)
