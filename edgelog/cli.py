@@ -138,9 +138,13 @@ def cmd_sync(args: argparse.Namespace) -> int:
 def cmd_simulate(args: argparse.Namespace) -> int:
     """Serve a simulated PAC3100 over Modbus TCP (or RTU with --device)."""
     from .profiles import PAC3100_ENERGIA
-    from .simulate import Pac3100Simulator
+    from .simulate import Pac3100Simulator, Plant, parse_schedule
 
-    sim = Pac3100Simulator(unit_id=args.unit, profile=PAC3100_ENERGIA)  # all a real PAC3100 serves
+    if not 0.1 <= args.hydraulic_kw <= 10_000:
+        raise EdgelogError(f"simulate --hydraulic-kw: must be 0.1–10000, got {args.hydraulic_kw:g}")
+    plant = Plant(hydraulic_w=args.hydraulic_kw * 1000, schedule=parse_schedule(args.schedule))
+    # all a real PAC3100 serves
+    sim = Pac3100Simulator(unit_id=args.unit, profile=PAC3100_ENERGIA, plant=plant)
     where = args.device or f"{args.host}:{args.port}"
 
     def started(_server: object) -> None:
@@ -302,6 +306,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unit", type=int, default=126, help="Modbus unit id (default 126, as shipped)")
     p.add_argument("--device", help="serve Modbus RTU on this serial device instead of TCP")
     p.add_argument("--baudrate", type=int, default=None, help="RTU baud rate (default 19200)")
+    p.add_argument(
+        "--hydraulic-kw",
+        type=float,
+        default=10.0,
+        metavar="KW",
+        help="the water's power: above it the load controller runs out and f and V sag (default 10)",
+    )
+    p.add_argument(
+        "--schedule",
+        default="",
+        metavar="SPEC",
+        help="disturbances, e.g. outage@2026-06-02T22:00Z+20m,overload@19:00+45m=1.25,voltage@03:00+2h=114",
+    )
     p = add("export", cmd_export)
     p.add_argument(
         "--from",

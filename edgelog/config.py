@@ -130,6 +130,26 @@ class ClockConfig:
 
 
 @dataclass(frozen=True)
+class PlantConfig:
+    """The plant the report's capacity figures are judged against; every key optional."""
+
+    #: The generator's rated apparent power, kVA (0.1–10 000).
+    generator_kva: float | None = None
+    #: The generator's rated current per phase, A (0.1–20 000). Unset: from generator_kva at 220 V.
+    rated_current_a: float | None = None
+    #: The power the water gives at the generator's terminals, kW (0.1–10 000): above it an
+    #: electronic load controller has no dump load left and frequency and voltage sag.
+    hydraulic_kw: float | None = None
+
+    @property
+    def current_a(self) -> float | None:
+        """rated_current_a, or the rated current of generator_kva at 220/127 V."""
+        if self.rated_current_a is not None:
+            return self.rated_current_a
+        return None if self.generator_kva is None else self.generator_kva * 1000 / (3 * 127.0)
+
+
+@dataclass(frozen=True)
 class MeterConfig:
     name: str
     transport: str  # "rtu" | "tcp"
@@ -165,6 +185,7 @@ class Config:
     sync: SyncConfig = SyncConfig()
     path: Path | None = None
     clock: ClockConfig = ClockConfig()
+    plant: PlantConfig = PlantConfig()
 
     def columns(self) -> dict[str, str]:
         """Every register column any meter writes, name -> unit, in first-seen order."""
@@ -226,6 +247,7 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Config:
     mariadb = _parse_mariadb(top.table("mariadb", required=True))
     sync = _parse_sync(top.table("sync"))
     clock = _parse_clock(top.table("clock"))
+    plant = _parse_plant(top.table("plant"))
     meter_tables = top.get("meters", list)
     if not meter_tables:
         raise top.error("meters", "at least one [[meters]] table is required")
@@ -239,7 +261,9 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Config:
         if names.count(name) > 1:
             raise top.error("meters", f"meter name {name!r} is used twice")
     _check_column_units(source, meters)
-    return Config(site=site, meters=meters, mariadb=mariadb, buffer=buffer, sync=sync, clock=clock)
+    return Config(
+        site=site, meters=meters, mariadb=mariadb, buffer=buffer, sync=sync, clock=clock, plant=plant
+    )
 
 
 def _parse_buffer(t: _Table) -> BufferConfig:
@@ -329,6 +353,16 @@ def _parse_sync(t: _Table) -> SyncConfig:
 
 def _parse_clock(t: _Table) -> ClockConfig:
     cfg = ClockConfig(require_sync=t.get("require_sync", bool, True))
+    t.done()
+    return cfg
+
+
+def _parse_plant(t: _Table) -> PlantConfig:
+    cfg = PlantConfig(
+        generator_kva=t.get("generator_kva", float, None, check=_range(0.1, 10_000)),
+        rated_current_a=t.get("rated_current_a", float, None, check=_range(0.1, 20_000)),
+        hydraulic_kw=t.get("hydraulic_kw", float, None, check=_range(0.1, 10_000)),
+    )
     t.done()
     return cfg
 
