@@ -1,6 +1,7 @@
-"""The systemd side: the unit passes `systemd-analyze verify`, and `edgelog run`
-speaks the notify protocol: READY=1 once, WATCHDOG=1 from its poll loop, and no
-pings while a poll hangs (so systemd's WatchdogSec= would restart it)."""
+"""The systemd side: the unit passes `systemd-analyze verify`, allows the clock check's
+system calls, and `edgelog run` speaks the notify protocol: READY=1 once, WATCHDOG=1
+from its poll loop, and no pings while a poll hangs (so systemd's WatchdogSec= would
+restart it). The unit under a real systemd as PID 1: tests/test_systemd_boot.py."""
 
 from __future__ import annotations
 
@@ -65,6 +66,25 @@ def test_unit_essentials() -> None:
     ):
         assert setting in text, setting
     assert "mariadb.service" not in text.split("[Service]")[0], "must not need MariaDB to start"
+
+
+def _settings(name: str) -> list[str]:
+    return [line.split("=", 1)[1] for line in UNIT.read_text().splitlines() if line.startswith(f"{name}=")]
+
+
+def test_system_call_filter_allows_the_clock_check_but_not_setting_the_clock() -> None:
+    """adjtimex() (clock_adjtime/clock_adjtime64 underneath) is in @clock, not @system-service:
+    without them systemd 252 killed the service with SIGSYS at its first reading. No
+    SystemCallErrorNumber=: a refused call must kill, never fail quietly (the clock check
+    would then switch itself off). Without CAP_SYS_TIME the calls can only read the clock.
+    tests/test_systemd_boot.py runs the unit under a real systemd."""
+    allowed = " ".join(_settings("SystemCallFilter")).split()
+    assert "@system-service" in allowed
+    assert {"adjtimex", "clock_adjtime", "clock_adjtime64"} <= set(allowed)
+    assert not any(s.startswith("~") or s == "@clock" for s in allowed), allowed  # no deny list, no settime
+    assert _settings("SystemCallErrorNumber") == []
+    assert _settings("CapabilityBoundingSet") == [""] and _settings("AmbientCapabilities") == [""]
+    assert _settings("ProtectClock") == []  # it would also block the read-only adjtimex()
 
 
 def _listen(path: Path) -> socket.socket:
