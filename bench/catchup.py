@@ -45,9 +45,9 @@ from edgelog.sync import create_table_sql
 
 from . import galera
 from .data import BuiltBuffer, build_buffer
+from .run import _env
 from .server import SERVER_PARAMS, PrivateMariaDB
 
-ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "catchup.json"
 DATABASE = "central"
 BATCH = 2000  # [mariadb] batch_size default
@@ -71,14 +71,6 @@ class Site:
     buffer: BuiltBuffer
     user: str
     password_file: Path
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("EDGELOG_CONFIG", None)
-    env.pop("NOTIFY_SOCKET", None)
-    env["PYTHONPATH"] = str(ROOT)
-    return env
 
 
 def build_sites(plan: Plan, work: Path, say: Callable[[str], None]) -> list[Site]:
