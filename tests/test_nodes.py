@@ -18,7 +18,7 @@ from typing import Any
 
 import pymysql
 import pytest
-from conftest import LoggerDB, edgelog, meter_toml, wait_for, write_config
+from conftest import LoggerDB, edgelog, meter_toml, start_edgelog, stop, wait_for, write_config
 
 from edgelog import config as config_mod
 from edgelog.buffer import Buffer
@@ -423,3 +423,35 @@ def test_a_deadlock_victim_is_written_again_at_once_not_after_a_backoff(
     assert worker.failures == 0 and buffer.sent_upto == 11
     seqs = [r[0] for r in logger_db.query(f"SELECT seq FROM `{db}`.medicoes ORDER BY seq")]
     assert seqs == list(range(1, 12))
+
+
+def test_run_with_manage_schema_false_keeps_polling_names_the_alter_and_resumes_after_it(
+    logger_db: LoggerDB, tmp_path: Path, simulator
+) -> None:
+    db = logger_db.database
+    logger_db.query(f"USE `{db}`")
+    logger_db.query(create_table_sql("medicoes", UNITS))  # the DBA's table, of an older config
+    config = write_config(
+        tmp_path, logger_db.toml(manage_schema=False), meter_toml(simulator.port, interval_s=0.2) + EXTRA_TOML
+    )
+    log = tmp_path / "run.log"
+    proc = start_edgelog("run", config=config, log=log)
+    try:
+        wait_for(lambda: "have the DBA run `ALTER TABLE" in log.read_text(), what="the ALTER in the log")
+        first = json.loads(edgelog("sync-status", "--json", config=config).stdout)
+        time.sleep(1)
+        later = json.loads(edgelog("sync-status", "--json", config=config).stdout)
+        assert later["unsent"] > first["unsent"] > 0  # readings keep buffering
+        assert "lacks column(s) energia_extra" in later["last_error"]
+        assert proc.poll() is None
+        logger_db.query(edgelog("schema", "--alter", config=config, check=True).stdout)
+        wait_for(
+            lambda: json.loads(edgelog("sync-status", "--json", config=config).stdout)["unsent"] == 0,
+            timeout=30,
+            what="the backlog to drain once the column is there",
+        )
+    finally:
+        assert stop(proc) == 0, log.read_text()[-2000:]
+    text = log.read_text()
+    assert "creating table" not in text and "adding column" not in text  # no DDL of its own
+    assert logger_db.query(f"SELECT COUNT(*) FROM `{db}`.medicoes")[0][0] >= 10
