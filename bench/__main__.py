@@ -464,7 +464,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--workdir", type=Path, help="keep the work files here (default: a temp dir, removed)"
     )
+    parser.add_argument(
+        "--catchup",
+        action="store_true",
+        help="only the catch-up scenario: many loggers draining a day's backlog at once into one "
+        "MariaDB, then into a 3-node Galera cluster (bench/catchup.py; results/catchup.json)",
+    )
     args = parser.parse_args(argv)
+    if args.catchup:
+        from . import catchup
+
+        return catchup.main(
+            quick=args.quick, out=args.out if args.out != DEFAULT_OUT else catchup.DEFAULT_OUT
+        )
     if not shutil.which("mariadbd", path="/usr/sbin:/usr/bin:/sbin:/bin"):
         print("bench: mariadbd not found (apt-get install mariadb-server)", file=sys.stderr)
         return 2

@@ -25,6 +25,7 @@ from .clock import utc_text
 from .errors import EdgelogError, MeterError
 from .progress import Progress
 from .sync import MariaDBSink, SyncWorker, create_table_sql
+from .sync.mariadb import alter_table_sql
 
 log = logging.getLogger("edgelog")
 
@@ -218,8 +219,24 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_schema(args: argparse.Namespace) -> int:
     """Print the MariaDB DDL (CREATE DATABASE and CREATE TABLE) for this config."""
     cfg = _load(args)
-    print(schema_sql(cfg))
+    print(alter_sql(cfg) if args.alter else schema_sql(cfg))
     return 0
+
+
+def alter_sql(cfg: config_mod.Config) -> str:
+    """What the live table lacks for this config: an ALTER TABLE (or the whole DDL)."""
+    sink = MariaDBSink(cfg.mariadb, cfg.site)
+    try:
+        existing = sink.table_columns()
+    finally:
+        sink.close()
+    name = f"`{cfg.mariadb.database}`.`{cfg.mariadb.table}`"
+    if not existing:
+        return f"-- {name} does not exist on {sink.where}: create it\n{schema_sql(cfg)}"
+    missing = {c: unit for c, unit in cfg.columns().items() if c not in existing}
+    if not missing:
+        return f"-- {name} on {sink.where} has every column this config writes: nothing to alter"
+    return f"{alter_table_sql(cfg.mariadb.table, missing, cfg.mariadb.database)};"
 
 
 def schema_sql(cfg: config_mod.Config) -> str:
@@ -365,7 +382,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tz", default="America/Sao_Paulo", help="time zone of days and charts (default America/Sao_Paulo)"
     )
-    add("schema", cmd_schema)
+    p = add("schema", cmd_schema)
+    p.add_argument(
+        "--alter",
+        action="store_true",
+        help="ask MariaDB, print the ALTER TABLE adding the columns the live table lacks",
+    )
     add("doctor", cmd_doctor)
     return parser
 

@@ -72,15 +72,25 @@ class MariaDBConfig:
     ssl_mode_from_legacy_key: bool = False
     #: backlog batches through the prepared binary INSERT (False: the plain executemany path)
     fast_path: bool = True
+    #: The nodes of a cluster, (host, port) each, written through one at a time
+    #: (edgelog/sync/nodes.py); empty: the one server of host/port or unix_socket.
+    hosts: tuple[tuple[str, int], ...] = ()
+    #: False: the logger never runs DDL; it checks the table and names the ALTER to run.
+    manage_schema: bool = True
 
     def __repr__(self) -> str:  # never show the password in logs or tracebacks
         shown = "***" if self.password else None
-        return f"MariaDBConfig(user={self.user!r}, host={self.host!r}, port={self.port}, password={shown})"
+        where = f"hosts={list(self.hosts)!r}" if self.hosts else f"host={self.host!r}, port={self.port}"
+        return f"MariaDBConfig(user={self.user!r}, {where}, password={shown})"
 
     @property
     def is_local(self) -> bool:
         """A unix socket or a loopback address: the traffic never leaves this machine."""
-        return self.unix_socket is not None or is_loopback(self.host)
+        return self.unix_socket is not None or self._loopback()
+
+    def _loopback(self) -> bool:
+        """The host, or with `hosts` every node, is a loopback address."""
+        return all(is_loopback(host) for host, _ in self.hosts) if self.hosts else is_loopback(self.host)
 
     @property
     def tls_mode(self) -> str:
@@ -91,7 +101,7 @@ class MariaDBConfig:
             return "disabled"
         if self.ssl_mode is not None:
             return self.ssl_mode
-        return "disabled" if is_loopback(self.host) and self.ssl_ca is None else "verify-identity"
+        return "disabled" if self._loopback() and self.ssl_ca is None else "verify-identity"
 
     def read_password(self) -> str | None:
         """The password, read from `password_file` at each call (so it can be rotated)."""
@@ -283,6 +293,7 @@ def _parse_mariadb(t: _Table) -> MariaDBConfig:
     password_file = t.get("password_file", str, None)
     if password is not None and password_file is not None:
         raise t.error("password", "give either password or password_file, not both")
+    hosts = _parse_hosts(t)
     cfg = MariaDBConfig(
         user=t.get("user", str, check=_non_empty),
         host=t.get("host", str, "localhost", check=_non_empty),
@@ -300,6 +311,8 @@ def _parse_mariadb(t: _Table) -> MariaDBConfig:
         ssl_cert=_opt_path(t.get("ssl_cert", str, None)),
         ssl_key=_opt_path(t.get("ssl_key", str, None)),
         fast_path=t.get("fast_path", bool, True),
+        hosts=hosts,
+        manage_schema=t.get("manage_schema", bool, True),
     )
     cfg = _parse_ssl_mode(t, cfg)
     t.done()
@@ -338,6 +351,57 @@ def _parse_ssl_mode(t: _Table, cfg: MariaDBConfig) -> MariaDBConfig:
     if cfg.ssl_key is not None and cfg.ssl_cert is None:
         raise t.error("ssl_key", "given without ssl_cert")
     return cfg
+
+
+MAX_HOSTS = 16
+
+
+def _parse_hosts(t: _Table) -> tuple[tuple[str, int], ...]:
+    """`[mariadb] hosts = ["db1:3306", "db2", "[::1]:3307"]`: the nodes of a cluster, in
+    the order they are tried. An alternative to host/port/unix_socket, never beside them."""
+    t.used.add("hosts")
+    raw = t.data.get("hosts")
+    if raw is None:
+        return ()
+    bad = raw if not isinstance(raw, list) else next((x for x in raw if not isinstance(x, str)), None)
+    if bad is not None:
+        raise t.error("hosts", f'must be an array of "host:port" strings, got {_show(bad)}')
+    if not 1 <= len(raw) <= MAX_HOSTS:
+        raise t.error("hosts", f"must name 1–{MAX_HOSTS} nodes, got {len(raw)}")
+    given = [key for key in ("host", "port", "unix_socket") if key in t.data]
+    if given:
+        raise t.error("hosts", f"give either hosts or {'/'.join(given)}, not both")
+    nodes: list[tuple[str, int]] = []
+    for text in raw:
+        node = parse_address(text)
+        if isinstance(node, str):
+            raise t.error("hosts", f"{node}, got {_show(text)}")
+        if node in nodes:
+            raise t.error("hosts", f"{_show(text)} is listed twice")
+        nodes.append(node)
+    return tuple(nodes)
+
+
+def parse_address(text: str, default_port: int = 3306) -> tuple[str, int] | str:
+    """'host', 'host:port', '[v6]' or '[v6]:port' -> (host, port); else the problem."""
+    text = text.strip()
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or not host or (rest and not rest.startswith(":")):
+            return "an IPv6 address goes in brackets: [2001:db8::1]:3306"
+        port_text = rest[1:] if rest else None
+    elif text.count(":") > 1:
+        return "an IPv6 address goes in brackets: [2001:db8::1]:3306"
+    else:
+        host, colon, port_text = text.partition(":")
+        port_text = port_text if colon else None
+    if not host or any(c.isspace() or not c.isprintable() or c in "/@,;[]" for c in host):
+        return "each must be a host name or address, optionally with :port"
+    if port_text is None:
+        return host, default_port
+    if not port_text.isascii() or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        return "a port must be 1–65535"
+    return host, int(port_text)
 
 
 def _parse_sync(t: _Table) -> SyncConfig:

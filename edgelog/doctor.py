@@ -22,6 +22,8 @@ from .sync.worker import SYNC_PATH_KEY
 
 #: Privileges the logger's MariaDB user needs, and ones it must not have.
 NEEDED = {"SELECT", "INSERT", "UPDATE", "CREATE", "ALTER", "INDEX"}
+#: What the DDL needs: not asked for with `[mariadb] manage_schema = false`.
+DDL = {"CREATE", "ALTER", "INDEX"}
 TOO_MUCH = {"DELETE", "DROP", "ALL PRIVILEGES", "GRANT OPTION", "SUPER", "FILE"}
 
 
@@ -157,13 +159,14 @@ def _mariadb(cfg: config_mod.Config) -> Iterator[Check]:
     finally:
         sink.close()
     have = _privileges(grants, cfg.mariadb.database)
-    missing, extra = NEEDED - have, have & TOO_MUCH
+    needed = NEEDED if cfg.mariadb.manage_schema else NEEDED - DDL
+    missing, extra = needed - have, have & TOO_MUCH
     if missing:
         yield Check(
             "FAIL",
             "mariadb",
             f"logged in, but missing {', '.join(sorted(missing))}",
-            f"GRANT {', '.join(sorted(NEEDED))} ON {cfg.mariadb.database}.* TO the logger user",
+            f"GRANT {', '.join(sorted(needed))} ON {cfg.mariadb.database}.* TO the logger user",
         )
     elif extra:
         yield Check(
@@ -179,6 +182,7 @@ def _mariadb(cfg: config_mod.Config) -> Iterator[Check]:
 def _tls(m: config_mod.MariaDBConfig) -> Iterator[Check]:
     """How the link to MariaDB is protected (docs/guarantees.md §10), and the risk if it is not."""
     mode = m.tls_mode
+    host = ", ".join(h for h, _ in m.hosts) if m.hosts else m.host  # with hosts: every node
     if m.ssl_mode_from_legacy_key:
         yield Check(
             "WARN",
@@ -191,12 +195,12 @@ def _tls(m: config_mod.MariaDBConfig) -> Iterator[Check]:
     if m.unix_socket is not None:
         yield Check("OK", "tls", f"unix socket {m.unix_socket}: local, needs no TLS")
     elif mode == "disabled" and m.is_local:
-        yield Check("OK", "tls", f"{m.host} is this machine (loopback): the traffic never leaves it")
+        yield Check("OK", "tls", f"{host} is this machine (loopback): the traffic never leaves it")
     elif mode == "disabled":
         yield Check(
             "WARN",
             "tls",
-            f'ssl_mode = "disabled" towards {m.host}: readings and the login cross the network '
+            f'ssl_mode = "disabled" towards {host}: readings and the login cross the network '
             "unencrypted to a server nobody verified; anyone on the path can read or change them, "
             "or pose as the server (edgelog still never sends it the password in cleartext)",
             'enable TLS on the server, then set ssl_mode = "verify-identity" (docs/guarantees.md §10)',
@@ -205,14 +209,14 @@ def _tls(m: config_mod.MariaDBConfig) -> Iterator[Check]:
         yield Check(
             "WARN",
             "tls",
-            f"TLS to {m.host} without checking its certificate: an eavesdropper reads nothing, "
+            f"TLS to {host} without checking its certificate: an eavesdropper reads nothing, "
             "but a man in the middle reads and changes everything",
             'set ssl_ca (the CA of the server\'s certificate) and ssl_mode = "verify-identity"',
         )
     else:
         against = m.ssl_ca or "the system's CA store"
         what = "certificate and host name" if mode == "verify-identity" else "certificate (not the host name)"
-        yield Check("OK", "tls", f"{mode}: {m.host}'s {what} checked against {against}")
+        yield Check("OK", "tls", f"{mode}: {host}'s {what} checked against {against}")
 
 
 def _sync_path(cfg: config_mod.Config) -> Check:

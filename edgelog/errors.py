@@ -51,3 +51,16 @@ class SinkRejected(EdgelogError):
 
     Retrying the same rows gives the same answer.
     """
+
+
+class SinkTooLarge(SinkRejected):
+    """The destination refused a batch for its size, not its content (a Galera cluster's
+    wsrep_max_ws_rows or wsrep_max_ws_size, the server's max_allowed_packet). Smaller
+    batches go in; a single row that is still too large is refused like a bad value."""
+
+
+class SchemaMismatch(EdgelogError):
+    """The destination table lacks what the logger needs, and the logger may not change it
+    (`[mariadb] manage_schema = false`). Someone must run the DDL the message names."""
+
+    exit_status = 2

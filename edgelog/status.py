@@ -36,6 +36,7 @@ from .clock import utc_text
 from .config import Config
 from .errors import EdgelogError
 from .sync import MariaDBSink
+from .sync.nodes import NODE_KEY, NODES_FAILED_KEY, parse_failed
 from .sync.worker import SYNC_PATH_KEY
 
 #: Default of `--max-lag`: a backlog older than this is degraded.
@@ -79,6 +80,10 @@ class Health:
     sync_path: str | None = None
     mariadb_reachable: bool | None = None
     mariadb_error: str | None = None
+    #: the node (server) the sync worker last wrote through, and the ones whose last try
+    #: failed: label -> {"error", "at"} (from the buffer meta the worker keeps)
+    mariadb_node: str | None = None
+    mariadb_nodes_failed: dict[str, dict[str, Any]] = field(default_factory=dict)
     clock_synchronised: bool | None = None
     clock_plausible: bool = True
     problems: list[str] = field(default_factory=list)
@@ -124,6 +129,11 @@ class Health:
         data.update(
             mariadb_reachable=self.mariadb_reachable,
             mariadb_error=self.mariadb_error,
+            mariadb_node=self.mariadb_node,
+            mariadb_nodes_failed={
+                label: {"error": f.get("error"), "since": _iso(_float_or_none(f.get("at")))}
+                for label, f in self.mariadb_nodes_failed.items()
+            },
             state=self.state,
             problems=list(self.problems),
             warnings=list(self.warnings),
@@ -182,6 +192,7 @@ def evaluate(
         meters = _meters(buffer, cfg, now, silent_intervals)
         rate = _float_or_none(buffer.get_meta(SYNC_RATE_KEY))
         sync_path = buffer.get_meta(SYNC_PATH_KEY)
+        node, failed = buffer.get_meta(NODE_KEY), parse_failed(buffer.get_meta(NODES_FAILED_KEY))
     finally:
         buffer.close()
     health = Health(
@@ -194,6 +205,8 @@ def evaluate(
         silent_intervals=silent_intervals,
         sync_rate=rate,
         sync_path=sync_path,
+        mariadb_node=node,
+        mariadb_nodes_failed=failed,
     )
     try:
         usage = shutil.disk_usage(Path(cfg.buffer.path).parent)
@@ -215,10 +228,10 @@ def evaluate(
     return health
 
 
-def _float_or_none(text: str | None) -> float | None:
+def _float_or_none(text: Any) -> float | None:
     try:
         value = float(text) if text is not None else None
-    except ValueError:
+    except (TypeError, ValueError):
         return None
     return value if value is not None and math.isfinite(value) and value > 0 else None
 
@@ -380,6 +393,7 @@ def render(h: Health, colour: bool = False) -> str:
         # "MariaDB user@host:port/db: (2003) Can't connect ...": the cause is after the first ": "
         cause = (h.mariadb_error or "").partition(": ")[2] or h.mariadb_error
         lines.append("MariaDB  " + human.paint("unreachable now", "yellow", colour) + ": " + _clip(cause, 54))
+    lines += _node_lines(h)
     losses = [f"{human.count(b.get('dropped_total') or 0)} dropped"]
     quarantine = [(k, v) for k, v in b.items() if _is_quarantine_count(k, v)]
     losses += [f"{_show(k, v, now)} {k.replace('_', ' ')}" for k, v in quarantine]
@@ -405,6 +419,18 @@ def render(h: Health, colour: bool = False) -> str:
     for w in h.warnings:
         lines.append(human.paint(f"Note     {w}", "yellow", colour))
     return "\n".join(lines)
+
+
+def _node_lines(h: Health) -> list[str]:
+    """The node the worker writes through and the ones that failed, as it recorded them."""
+    lines = [f"         sync writes through {h.mariadb_node}"] if h.mariadb_node else []
+    for label, failure in h.mariadb_nodes_failed.items():
+        error = str(failure.get("error") or "")
+        cause = error.rpartition(f"{label}/")[2].partition(": ")[2] or error
+        since = _float_or_none(failure.get("at"))
+        when = f" (failing since {_ago(since, h.now)})" if since else ""
+        lines.append(f"         {label} failed{when}: {_clip(cause, 40)}")
+    return lines
 
 
 def _is_quarantine_count(key: str, value: Any) -> bool:

@@ -41,6 +41,7 @@ from pymysql.protocol import LoadLocalPacketWrapper
 
 from ..config import MariaDBConfig
 from . import tls
+from .nodes import Node
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +173,7 @@ def _connection_class() -> type[Connection]:
 
 def where(config: MariaDBConfig) -> str:
     """user@host:port/database (or the socket path): how errors name a server."""
+    config = first_node(config)
     place = config.unix_socket or f"{config.host}:{config.port}"
     return f"{config.user}@{place}/{config.database}"
 
@@ -180,7 +182,9 @@ def connect(
     config: MariaDBConfig, *, autocommit: bool = False, cls: type[Connection] | None = None
 ) -> Connection:
     """A logged-in connection to `config`'s server, or a pymysql.MySQLError (one line,
-    no password: see `describe`). `cls` (a GuardedConnection) is for the bench's LOAD DATA."""
+    no password: see `describe`). `cls` (a GuardedConnection) is for the bench's LOAD DATA.
+    With `[mariadb] hosts`, the first node (the sink moves between them: `nodes`)."""
+    config = first_node(config)
     cls = cls or _connection_class()
     deadline = time.monotonic() + config.connect_timeout_s
     conn = cls(**_arguments(config, autocommit, getattr(cls, "local_infile", False)))
@@ -204,6 +208,11 @@ def connect(
         sock.close()
         raise
     return conn
+
+
+def first_node(config: MariaDBConfig) -> MariaDBConfig:
+    """`config` itself, or with `hosts` aimed at the first node of the list."""
+    return Node(*config.hosts[0]).config(config) if config.hosts else config
 
 
 def _arguments(config: MariaDBConfig, autocommit: bool, local_infile: bool) -> dict[str, Any]:

@@ -22,6 +22,19 @@ connection does not change; a restart tries again.
 
 Every connection comes from `connect.connect()`: timeouts, TLS per ssl_mode, the
 password guard, and no LOCAL INFILE.
+
+Clusters: with `[mariadb] hosts` the sink writes through one node at a time and
+moves on to the next at once when the node fails (`nodes.Nodes.run`); a
+certification conflict (1213) is tried again at once. A batch refused for its
+size (`TOO_LARGE`) raises `SinkTooLarge`, and the worker writes it in halves. The
+sink never sends a packet larger than the server's max_allowed_packet (read on
+every new connection): the text INSERT is cut into statements that fit, and a
+prepared execution that would not fit is refused before it is sent (as 1153, so
+the batch is halved). So a lost connection (2006, 2013) is always taken for what
+it is, a node failure, never for a packet too large.
+
+Schema: with `[mariadb] manage_schema = false` the sink runs no DDL; it checks
+that the table has every column and raises `SchemaMismatch` naming the ALTER.
 """
 
 from __future__ import annotations
@@ -34,9 +47,10 @@ import pymysql
 
 from ..clock import utc_text
 from ..config import MariaDBConfig
-from ..errors import SinkRejected, SinkUnavailable
+from ..errors import EdgelogError, SchemaMismatch, SinkRejected, SinkTooLarge, SinkUnavailable
 from . import wire
-from .connect import connect, describe, where
+from .connect import connect, describe
+from .nodes import Conflict, Node, NodeNotReady, Nodes, Session, nodes_of, probe
 from .wire import CHUNK_ROWS, RowPacker, chunk_sizes, close_statement, prepare, read_ok, send_execute
 
 log = logging.getLogger(__name__)
@@ -56,6 +70,20 @@ REJECTED_CODES = frozenset(
         4025,  # CONSTRAINT ... failed (MariaDB CHECK constraint)
     }
 )
+
+#: Errors for the size of a batch (code, and a text the message must hold, if the
+#: code is a generic one): smaller batches go in (`SinkTooLarge`).
+TOO_LARGE = {
+    1180: "wsrep_max_ws_rows",  # ER_ERROR_DURING_COMMIT: "wsrep_max_ws_rows exceeded"
+    1105: "writeset size",  # ER_UNKNOWN_ERROR: "Maximum writeset size exceeded"
+    1153: "",  # ER_NET_PACKET_TOO_LARGE: bigger than max_allowed_packet
+}
+#: ER_LOCK_DEADLOCK: a deadlock, or a Galera certification conflict; tried again at once.
+CONFLICT = 1213
+#: PyMySQL's own cap on the statements its executemany() builds.
+TEXT_STATEMENT_MAX = 1_024_000
+#: Room left under max_allowed_packet for a packet's header and a statement's slack.
+PACKET_SLACK = 1024
 
 #: Columns of every row, before the register columns (the buffer's FIXED_COLUMNS,
 #: with site and buffer_id added by the sink).
@@ -111,6 +139,20 @@ def create_table_sql(table: str, columns: Mapping[str, str]) -> str:
     )
 
 
+def alter_table_sql(table: str, columns: Mapping[str, str], database: str | None = None) -> str:
+    """One ALTER TABLE adding these register columns (name -> unit)."""
+    name = f"{quote(database)}.{quote(table)}" if database else quote(table)
+    return f"ALTER TABLE {name} " + ", ".join(f"ADD COLUMN {column_sql(c, u)}" for c, u in columns.items())
+
+
+def _table_columns(cur, database: str, table: str) -> set[str]:
+    cur.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND table_name = %s",
+        (database, table),
+    )
+    return {row[0] for row in cur.fetchall()}
+
+
 class MariaDBSink:
     """Writes batches into `[mariadb] table`; one connection, reopened after any error."""
 
@@ -124,6 +166,8 @@ class MariaDBSink:
         self.sync_path = "binary" if self.binary else "plain (fast_path = false)"
         self._checked = not self.binary
         self.conn: pymysql.connections.Connection | None = None
+        self.nodes = Nodes(nodes_of(config))
+        self._session: Session | None = None  # what the probe of `conn` found
         #: statements prepared on `conn`: (table, columns, rows) -> (statement id, parameters)
         self._statements: dict[tuple[Any, ...], tuple[int, int]] = {}
         self._known_columns: set[str] | None = None
@@ -136,7 +180,7 @@ class MariaDBSink:
     def _connection(self) -> pymysql.connections.Connection:
         if self.conn is None:
             try:
-                self.conn = connect(self.config)
+                self.conn = connect(self.nodes.current.config(self.config))
             except pymysql.MySQLError as exc:
                 raise SinkUnavailable(f"MariaDB {self.where}: {describe(exc)}") from None
             except (OSError, ValueError) as exc:
@@ -160,7 +204,10 @@ class MariaDBSink:
 
     @property
     def where(self) -> str:
-        return where(self.config)
+        return self._at(self.nodes.current)
+
+    def _at(self, node: Node) -> str:
+        return f"{self.config.user}@{node.label}/{self.config.database}"
 
     def close(self) -> None:
         if self.conn is not None:
@@ -170,42 +217,88 @@ class MariaDBSink:
                 log.debug("closing a broken MariaDB connection", exc_info=True)
             self.conn = None
         self._statements = {}
+        self._session = None
         self._known_columns = None
 
+    # -- running work on the nodes -------------------------------------------------
+
     def _run(self, work):
-        """Run `work(cursor)` in one transaction; classify any failure.
+        """Run `work(cursor)` in one transaction on the node in use; when the node fails,
+        at once on the next (`Nodes.run`): SinkUnavailable only once every node failed in
+        this round; SinkRejected (and SinkTooLarge) at once: other nodes say the same."""
+        return self.nodes.run(lambda: self._run_once(work), prefix=lambda node: f"MariaDB {self._at(node)}: ")
+
+    def _run_once(self, work):
+        """Run `work(cursor)` in one transaction on the current node; classify any failure.
 
         A connection given up on a timeout may live on in the server (a partition eats
         the FIN too) with its transaction open, holding locks on the very rows the
         retry sends, until wait_timeout (8 h by default). So its session is KILLed
-        (a user may kill its own) first thing once a new connection works."""
+        (a user may kill its own) first thing once a new connection to the same node
+        works: a thread id means nothing on another node."""
         conn = self._connection()
-        orphan = getattr(self, "_orphan", None)
-        if orphan is not None and orphan != conn.thread_id():
-            self._orphan = None
-            try:
-                with conn.cursor() as cursor:
-                    cursor.execute(f"KILL {int(orphan)}")
-                log.info("killed MariaDB session %d, given up on a timeout", orphan)
-            except pymysql.MySQLError:
-                pass  # gone already (1094 unknown thread): nothing holds its locks
+        node = self.nodes.current
         try:
+            if self._session is None:
+                self._kill_orphan(conn, node)
+                self._session = probe(conn)
             with conn.cursor() as cursor:
                 result = work(cursor)
             conn.commit()
             return result
+        except NodeNotReady as exc:
+            self.close()
+            raise self._unavailable(str(exc)) from None
         except pymysql.MySQLError as exc:
             if "timed out" in str(exc):
-                self._orphan = conn.thread_id()
+                self.nodes.orphan(node, conn.thread_id())
             self.close()
-            code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
-            if code in REJECTED_CODES:
-                raise SinkRejected(f"MariaDB {self.where} rejected rows: {describe(exc)}") from None
-            raise SinkUnavailable(f"MariaDB {self.where}: {describe(exc)}") from None
+            raise self._classify(exc) from None
         except (TimeoutError, OSError) as exc:
-            self._orphan = conn.thread_id()
+            self.nodes.orphan(node, conn.thread_id())
             self.close()
-            raise SinkUnavailable(f"MariaDB {self.where}: {exc}") from None
+            raise self._unavailable(str(exc)) from None
+
+    def _kill_orphan(self, conn: pymysql.connections.Connection, node: Node) -> None:
+        orphan = self.nodes.take_orphan(node, conn.thread_id())
+        if orphan is None:
+            return
+        try:
+            with conn.cursor() as cursor:
+                cursor.execute(f"KILL {int(orphan)}")
+            log.info("killed MariaDB session %d on %s, given up on a timeout", orphan, node.label)
+        except pymysql.MySQLError as exc:  # gone already (1094 unknown thread): it holds no locks
+            log.debug("MariaDB session %d on %s not killed: %s", orphan, node.label, describe(exc))
+
+    def _classify(self, exc: pymysql.MySQLError) -> EdgelogError:
+        code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
+        if code in REJECTED_CODES:
+            return SinkRejected(f"MariaDB {self.where} rejected rows: {describe(exc)}")
+        if code in TOO_LARGE and TOO_LARGE[code] in str(exc.args[-1]):
+            return SinkTooLarge(f"MariaDB {self.where} refused a batch this large: {describe(exc)}")
+        if code == CONFLICT:
+            return Conflict(f"MariaDB {self.where}: {describe(exc)}")
+        return self._unavailable(describe(exc))
+
+    def _unavailable(self, cause: str) -> SinkUnavailable:
+        return SinkUnavailable(f"MariaDB {self.where}: {cause}")
+
+    def node_state(self) -> tuple[str | None, str]:
+        """(the node last written through, the nodes whose last try failed as JSON)."""
+        return self.nodes.state()
+
+    def _fits(self, n_bytes: int, what: str) -> None:
+        """Refuse (as 1153) to send a packet the server would not read: its answer would
+        be a lost connection, not to be told from a node failure."""
+        limit = self._session.max_packet if self._session else None
+        if limit is not None and n_bytes + PACKET_SLACK > limit:
+            raise pymysql.err.OperationalError(
+                1153, f"{what} of {n_bytes} bytes exceeds the server's max_allowed_packet ({limit}): not sent"
+            )
+
+    def _text_statement_max(self) -> int:
+        limit = self._session.max_packet if self._session else TEXT_STATEMENT_MAX
+        return max(PACKET_SLACK, min(TEXT_STATEMENT_MAX, limit - PACKET_SLACK))
 
     def grants(self) -> list[str]:
         """The logged-in user's SHOW GRANTS lines (for `edgelog doctor`)."""
@@ -223,27 +316,51 @@ class MariaDBSink:
     # -- the Sink interface --------------------------------------------------------
 
     def ensure_table(self, columns: Mapping[str, str]) -> None:
+        if not self.config.manage_schema:
+            self._known_columns = self.check_table(columns)
+            return
         table = self.config.table
 
         def work(cur) -> set[str]:
-            cur.execute(
-                "SELECT column_name FROM information_schema.columns "
-                "WHERE table_schema = %s AND table_name = %s",
-                (self.config.database, table),
-            )
-            existing = {row[0] for row in cur.fetchall()}
+            existing = _table_columns(cur, self.config.database, table)
             if not existing:
                 log.info("creating table %s.%s", self.config.database, table)
                 cur.execute(create_table_sql(table, columns))
                 return set(INSERT_COLUMNS) | set(columns)
-            for name, unit in columns.items():
-                if name not in existing:
-                    log.info("adding column %s to %s", name, table)
-                    cur.execute(f"ALTER TABLE {quote(table)} ADD COLUMN {column_sql(name, unit)}")
-                    existing.add(name)
+            missing = {name: unit for name, unit in columns.items() if name not in existing}
+            if missing:  # one ALTER (on a Galera cluster, one total order operation)
+                log.info("adding column(s) %s to %s", ", ".join(missing), table)
+                cur.execute(alter_table_sql(table, missing))
+                existing |= set(missing)
             return existing
 
         self._known_columns = self._run(work)
+
+    def table_columns(self) -> set[str]:
+        """The columns the table has now (empty: there is no table)."""
+        return self._run(lambda cur: _table_columns(cur, self.config.database, self.config.table))
+
+    def check_table(self, columns: Mapping[str, str]) -> set[str]:
+        """The table's columns; SchemaMismatch, naming the DDL to run, unless it has every
+        column edgelog writes (its own and `columns`). Runs no DDL."""
+        existing = self.table_columns()
+        name = f"{self.config.database}.{self.config.table}"
+        if not existing:
+            raise SchemaMismatch(
+                f"table {name} does not exist and [mariadb] manage_schema = false: "
+                "have the DBA create it (`edgelog schema` prints the CREATE TABLE)"
+            )
+        own = [c for c in INSERT_COLUMNS if c not in existing]
+        if own:
+            raise SchemaMismatch(f"table {name} lacks edgelog's column(s) {', '.join(own)}: not its table")
+        missing = {c: unit for c, unit in columns.items() if c not in existing}
+        if missing:
+            raise SchemaMismatch(
+                f"table {name} lacks column(s) {', '.join(missing)} and [mariadb] manage_schema = false: "
+                f"have the DBA run `{alter_table_sql(self.config.table, missing, self.config.database)};` "
+                "(`edgelog schema --alter` prints it)"
+            )
+        return existing
 
     def high_water(self, buffer_id: str) -> int:
         def work(cur) -> int:
@@ -277,7 +394,12 @@ class MariaDBSink:
             (site, meter, buffer_id, seq, utc_text(at), ok, _clip(err), *values)
             for seq, meter, at, ok, err, *values in rows
         ]
-        self._run(lambda cur: cur.executemany(sql, params))
+
+        def work(cur) -> None:
+            cur.max_stmt_length = self._text_statement_max()  # multi-row INSERTs that fit a packet
+            cur.executemany(sql, params)
+
+        self._run(work)
 
     def _insert_sql(self, columns: Sequence[str], n_rows: int) -> str:
         names = ", ".join(quote(c) for c in (*INSERT_COLUMNS, *columns))
@@ -297,7 +419,9 @@ class MariaDBSink:
                 for stmt_id, _ in statements.values():
                     close_statement(conn, stmt_id)
                 statements.clear()
-            known = statements[key] = prepare(conn, self._insert_sql(columns, n_rows))
+            sql = self._insert_sql(columns, n_rows)
+            self._fits(len(sql.encode()) + 1, "a PREPARE")
+            known = statements[key] = prepare(conn, sql)
             expected = n_rows * (len(INSERT_COLUMNS) + len(columns))
             if known[1] != expected:
                 raise wire.FastPathError(0, f"prepared INSERT has {known[1]} parameters, not {expected}")
@@ -321,6 +445,7 @@ class MariaDBSink:
                         body = packer.execute_body(ids[n], rows[start : start + n])
                     except (TypeError, ValueError, OverflowError) as exc:
                         raise _Unpackable(str(exc)) from None
+                    self._fits(len(body) + 1, "an EXECUTE")
                     send_execute(conn, body)
                     start += n
                 for _ in sizes:  # ... then the answers, in order; the first error raises

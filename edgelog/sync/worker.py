@@ -16,6 +16,12 @@ buffer's quarantine table and the position moves past it; if every row of a
 batch is refused the fault is the table's, not the rows': nothing is
 quarantined and the worker backs off. `retry_quarantined()` sends quarantined
 rows again (`edgelog sync --retry-quarantined`).
+
+Batches too large: a batch the sink refuses for its size (`SinkTooLarge`: a
+Galera cluster's wsrep_max_ws_rows or wsrep_max_ws_size, max_allowed_packet) is
+bisected the same way, every part that goes in committed; the next batches are
+read at the size that worked (`fit.BatchFit`). A single row still too large is
+refused like any other row (and so, in time, quarantined).
 """
 
 from __future__ import annotations
@@ -29,7 +35,9 @@ from typing import Any
 
 from ..buffer import Buffer
 from ..config import SyncConfig
-from ..errors import EdgelogError, SinkRejected, SinkUnavailable
+from ..errors import EdgelogError, SinkRejected, SinkTooLarge, SinkUnavailable
+from .fit import BatchFit
+from .nodes import NODE_KEY, NODES_FAILED_KEY
 from .sink import Sink
 
 log = logging.getLogger(__name__)
@@ -62,6 +70,8 @@ class SyncWorker:
         self._logged_kinds: set[str] = set()  # errors logged in this streak, digits left out
         self._ready = False
         self._noted_path: str | None = None
+        self.fit = BatchFit(batch_size)  # rows a batch may hold (fewer once one was too large)
+        self._nodes_recorded: tuple[str | None, str] | None = None
 
     def _prepare(self) -> None:
         """Once per connection: make the table fit, and skip what the sink already has."""
@@ -93,6 +103,8 @@ class SyncWorker:
             try:
                 self.sink.write_batch(self.buffer.buffer_id, self.buffer.value_columns, part)
             except SinkRejected as exc:
+                if isinstance(exc, SinkTooLarge):
+                    self._too_large(len(part), exc)
                 if len(part) == 1:
                     rejected(part[0], str(exc))
                     seen_rejected = True
@@ -101,6 +113,7 @@ class SyncWorker:
                 visit(part[:middle])
                 visit(part[middle:])
                 return
+            self.fit.worked(len(part))
             accepted(part, seen_rejected)
 
         visit(rows)
@@ -132,7 +145,7 @@ class SyncWorker:
         self._counted = False
         try:
             self._prepare()
-            rows = self.buffer.unsent(self.batch_size)
+            rows = self.buffer.unsent(self.fit.size)
             if not rows:
                 return 0
             accepted = 0
@@ -153,8 +166,10 @@ class SyncWorker:
                 refused.append((row, reason))
 
             self._write_split(rows, on_accepted, on_rejected)
-        except (SinkUnavailable, SinkRejected):
+        except (SinkUnavailable, SinkRejected) as exc:
             self._ready = False
+            if isinstance(exc, SinkUnavailable):
+                self.fit.reset()  # a new connection: try the full batch_size again
             raise
         if not refused:
             self.rejections.clear()  # refused rows are at the head: none is pending any more
@@ -207,20 +222,45 @@ class SyncWorker:
         With `retry_rejected`, a refused row is tried again at once (up to quarantine);
         without, the SinkRejected propagates so the caller can back off first."""
         total = 0
-        while not should_stop():
-            try:
-                sent = self.sync_once()
-            except SinkRejected:
-                if not (retry_rejected and self._counted):
-                    raise
-                continue  # bounded: each round counts the refusal, quarantine ends it
-            if not sent:
-                break
-            total += sent
-            if progress:
-                progress(total)
+        try:
+            while not should_stop():
+                try:
+                    sent = self.sync_once()
+                except SinkRejected:
+                    if not (retry_rejected and self._counted):
+                        raise
+                    continue  # bounded: each round counts the refusal, quarantine ends it
+                if not sent:
+                    break
+                total += sent
+                self._record_nodes()  # a failover shows in sync-status during a long drain
+                if progress:
+                    progress(total)
+        finally:
+            self._record_nodes()
         self.buffer.record_sync_error(None, at=self.clock())
         return total
+
+    def _too_large(self, n_rows: int, exc: SinkTooLarge) -> None:
+        if n_rows > 1 and (self.fit.refused_at is None or n_rows < self.fit.refused_at):
+            log.info("sync: a batch of %d rows is too large; writing it in halves (%s)", n_rows, exc)
+        self.fit.refused(n_rows)
+
+    def _record_nodes(self) -> None:
+        """Keep the sink's node in use and its failed nodes in the buffer's meta, for
+        sync-status (a separate process); written only when they change."""
+        state = self.sink.node_state()
+        if state == self._nodes_recorded:
+            return
+        node, failed = state
+        try:
+            if node is not None:
+                self.buffer.set_meta(NODE_KEY, node)
+            self.buffer.set_meta(NODES_FAILED_KEY, failed)
+        except Exception as exc:  # sync-status's view only: never a reason to stop syncing
+            log.warning("sync: cannot record the MariaDB nodes in the buffer: %s", exc)
+            return
+        self._nodes_recorded = state
 
     def retry_quarantined(self) -> tuple[int, int]:
         """Send quarantined rows again (their cause fixed). Returns (sent, still refused)."""
