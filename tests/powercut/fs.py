@@ -23,7 +23,7 @@ def missing() -> str | None:
         return "no /dev/fuse"
     try:
         import fuse  # noqa: F401  (fusepy; needs libfuse2)
-    except (ImportError, OSError, EnvironmentError) as exc:
+    except (ImportError, OSError) as exc:
         return f"fusepy/libfuse2 missing: {exc}"
     return None
 
@@ -75,7 +75,13 @@ class PowerCutFS:
         return self.request("cut", mode=mode, seed=seed, kill=kill)
 
     def arm(
-        self, op: str, pattern: str = "*", count: int = 1, mode: str = "drop", seed: int = 0, kill: int | None = None
+        self,
+        op: str,
+        pattern: str = "*",
+        count: int = 1,
+        mode: str = "drop",
+        seed: int = 0,
+        kill: int | None = None,
     ) -> None:
         """Cut by itself at the `count`-th `op` on a file whose name matches `pattern`."""
         self.request("arm", op=op, pattern=pattern, count=count, mode=mode, seed=seed, kill=kill)

@@ -37,6 +37,7 @@ locks are the kernel's own (no `lock` operation: one machine).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fnmatch
 import json
@@ -182,10 +183,8 @@ class LazyFS(Operations):
             if self.cut_at is not None:
                 return dict(self.cut_report or {})
             if kill:  # first: the process must not see the EIO of the dead disk
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(kill, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
             self.cut_at = time.time()
             nodes = _all_nodes(self.root)
             report: dict[str, Any] = {

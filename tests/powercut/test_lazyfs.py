@@ -139,7 +139,9 @@ def test_a_torn_cut_keeps_some_sectors_of_a_pending_write_and_nothing_else(fs: P
     data = path.read_bytes()
     assert len(data) == len(old)
     kept = [data[i * 512 : (i + 1) * 512] for i in range(sectors)]
-    assert all(s in (b"\xee" * 512, old[i * 512 : (i + 1) * 512]) for i, s in enumerate(kept)), "not per sector"
+    assert all(s in (b"\xee" * 512, old[i * 512 : (i + 1) * 512]) for i, s in enumerate(kept)), (
+        "not per sector"
+    )
     new = sum(s == b"\xee" * 512 for s in kept)
     assert 0 < new < sectors, f"{new} of {sectors} sectors: not torn"
 
