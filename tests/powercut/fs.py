@@ -71,7 +71,8 @@ class PowerCutFS:
         return reply
 
     def cut(self, mode: str = "drop", seed: int = 0, kill: int | None = None) -> dict[str, Any]:
-        """The power cut, now: `kill` (a pid) is SIGKILLed in the same instant."""
+        """The power cut, now (mode drop, torn or meta; see lazyfs.py): `kill` (a pid) is
+        SIGKILLed in the same instant."""
         return self.request("cut", mode=mode, seed=seed, kill=kill)
 
     def arm(
@@ -85,6 +86,16 @@ class PowerCutFS:
     ) -> None:
         """Cut by itself at the `count`-th `op` on a file whose name matches `pattern`."""
         self.request("arm", op=op, pattern=pattern, count=count, mode=mode, seed=seed, kill=kill)
+
+    def record(self, dest: Path, pattern: str = "*", modes: tuple[str, ...] = ("drop", "meta")) -> None:
+        """From now on, before each operation on a file matching `pattern`, write the
+        state a cut in each of `modes` would leave to dest/NNNNN-MODE (no cut)."""
+        self.request("record", dest=str(dest), pattern=pattern, modes=list(modes))
+
+    def stop_record(self) -> int:
+        """Stop recording (after writing the state after the last operation); returns
+        the number of states (each in every mode)."""
+        return self.request("stop-record")["states"]
 
     def disarm(self) -> None:
         self.request("disarm")

@@ -25,7 +25,17 @@ machine after the power came back. Cut modes:
 * ``drop``: nothing that was not durable survives;
 * ``torn``: each file keeps a random subset of the 512-byte sectors written since
   its last fsync (so a prefix of a pending write, or any part of it), and its size
-  is the durable one or the one in memory, at random: a write torn by the cut.
+  is the durable one or the one in memory, at random: a write torn by the cut;
+* ``meta``: the metadata reached the disk, the data did not (a journal committed by
+  the kernel on its own, before the data blocks): every directory entry, size and
+  mode as in memory, file contents only as of their last fsync, zeros past it. The
+  state that leaves an empty or zero-filled file under its final name after a
+  rename that was not preceded by an fsync of the file.
+
+``record`` (and ``stop-record``) writes, without cutting, the state a cut would
+leave (in any of these modes but ``torn``) before each operation that changes
+something: every crash state of one run of a program, in numbered directories, to
+check one by one.
 
 ``arm`` makes the file system cut by itself at the N-th operation of a kind (on
 files whose name matches a pattern), before that operation takes effect: a cut at
@@ -120,6 +130,14 @@ class Node:
             self.durable[s * SECTOR : end] = self.data[s * SECTOR : end].ljust(end - s * SECTOR, b"\0")
         return len(kept)
 
+    def after_cut(self, mode: str) -> bytes:
+        """The contents a cut in `mode` (drop or meta) leaves."""
+        if mode == "volatile":
+            return bytes(self.data)
+        if mode == "meta":
+            return bytes(self.durable[: len(self.data)]).ljust(len(self.data), b"\0")
+        return bytes(self.durable)
+
     def attrs(self) -> dict[str, int]:
         size = len(self.data) if self.kind == stat.S_IFREG else len(self.target)
         if self.kind == stat.S_IFDIR:
@@ -149,6 +167,16 @@ class Trigger:
     kill: int | None
 
 
+@dataclass
+class Recording:
+    """Write the state a cut would leave before each operation on a matching file."""
+
+    dest: Path
+    pattern: str
+    modes: tuple[str, ...]
+    states: int = 0
+
+
 def _locked(method):
     def wrapper(self: LazyFS, *args: Any) -> Any:
         with self.mutex:
@@ -174,11 +202,15 @@ class LazyFS(Operations):
         self.cut_at: float | None = None
         self.cut_report: dict[str, Any] | None = None
         self.cut_done = threading.Event()
+        self.recording: Recording | None = None
 
     # -- the power cut -------------------------------------------------------------
 
     def cut(self, mode: str = "drop", seed: int = 0, kill: int | None = None) -> dict[str, Any]:
-        """Power off: keep only what is durable (in `torn` mode, some of the rest too)."""
+        """Power off: keep only what is durable (in `torn` and `meta` modes, some of the
+        rest too)."""
+        if mode not in ("drop", "torn", "meta"):
+            raise ValueError(f"cut modes are drop, torn and meta, not {mode!r}")
         with self.mutex:
             if self.cut_at is not None:
                 return dict(self.cut_report or {})
@@ -200,7 +232,7 @@ class LazyFS(Operations):
             if mode == "torn":
                 rnd = random.Random(seed)
                 report["torn_sectors_kept"] = sum(n.tear(rnd) for n in nodes if n.kind == stat.S_IFREG)
-            _persist(self.root, self.backing, durable=True)
+            _persist(self.root, self.backing, "meta" if mode == "meta" else "drop")
             self.cut_report = report
             self.cut_done.set()
             return dict(report)
@@ -208,6 +240,11 @@ class LazyFS(Operations):
     def _count(self, op: str, path: str | None) -> None:
         """Count the operation; if it is the one armed, cut before it takes effect."""
         self.ops[op] += 1
+        rec = self.recording
+        if rec is not None and fnmatch.fnmatch(os.path.basename(path or ""), rec.pattern):
+            rec.states += 1
+            for mode in rec.modes:
+                _persist(self.root, rec.dest / f"{rec.states:05d}-{mode}", mode, replace=False)
         t = self.trigger
         if t is None or t.op != op or not fnmatch.fnmatch(os.path.basename(path or ""), t.pattern):
             return
@@ -434,7 +471,7 @@ class LazyFS(Operations):
         """Unmounted: without a cut, everything is kept (umount syncs)."""
         with self.mutex:
             if self.cut_at is None:
-                _persist(self.root, self.backing, durable=False)
+                _persist(self.root, self.backing, "volatile")
 
 
 def _caller() -> tuple[int, int, int]:
@@ -479,27 +516,30 @@ def _load(path: Path, links: dict[int, Node] | None = None) -> Node:
     return node
 
 
-def _persist(root: Node, backing: Path, durable: bool) -> None:
-    """Write the durable (or, at a clean unmount, the whole) state over `backing`."""
-    fresh = backing.with_name(backing.name + ".new")
+def _persist(root: Node, dest: Path, view: str, replace: bool = True) -> None:
+    """Write the state a cut in mode `view` leaves ("drop", "meta"; "volatile": all of
+    it, as at a clean unmount) to `dest`: over the backing directory (`replace`), or
+    to a new directory (a recorded state)."""
+    fresh = dest.with_name(dest.name + ".new") if replace else dest
     shutil.rmtree(fresh, ignore_errors=True)
     written: dict[int, Path] = {}
+    durable_names = view == "drop"
 
     def write(node: Node, path: Path, seen: frozenset[int]) -> None:
-        perm, uid, gid = node.durable_attrs if durable else (node.perm, node.uid, node.gid)
+        perm, uid, gid = node.durable_attrs if view == "drop" else (node.perm, node.uid, node.gid)
         if node.kind == stat.S_IFREG and id(node) in written:
             os.link(written[id(node)], path)
             return
         if node.kind == stat.S_IFDIR:
             os.mkdir(path)
-            entries = node.durable_entries if durable else node.entries
+            entries = node.durable_entries if durable_names else node.entries
             for name, child in entries.items():
                 if id(child) not in seen:  # a directory renamed into its own subtree
                     write(child, path / name, seen | {id(node)})
         elif node.kind == stat.S_IFLNK:
             os.symlink(node.target, path)
         else:
-            path.write_bytes(bytes(node.durable if durable else node.data))
+            path.write_bytes(node.after_cut(view))
             written[id(node)] = path
         os.lchown(path, uid, gid)
         if node.kind != stat.S_IFLNK:
@@ -507,10 +547,11 @@ def _persist(root: Node, backing: Path, durable: bool) -> None:
             os.utime(path, ns=(node.mtime_ns, node.mtime_ns))
 
     write(root, fresh, frozenset())
-    old = backing.with_name(backing.name + ".old")
-    os.rename(backing, old)
-    os.rename(fresh, backing)
-    shutil.rmtree(old)
+    if replace:
+        old = dest.with_name(dest.name + ".old")
+        os.rename(dest, old)
+        os.rename(fresh, dest)
+        shutil.rmtree(old)
 
 
 # -- the control socket -----------------------------------------------------------------
@@ -553,6 +594,24 @@ def _command(fs: LazyFS, cmd: dict[str, Any]) -> dict[str, Any]:
                 cmd.get("kill"),
             )
         return {"armed": True}
+    if what == "record":
+        modes = tuple(cmd.get("modes", ("drop", "meta")))
+        if not set(modes) <= {"drop", "meta"}:
+            raise ValueError(f"record modes are drop and meta, not {modes}")
+        dest = Path(cmd["dest"])
+        dest.mkdir(parents=True, exist_ok=True)
+        with fs.mutex:
+            fs.recording = Recording(dest, cmd.get("pattern", "*"), modes)
+        return {"recording": True}
+    if what == "stop-record":  # and the state after the last operation
+        with fs.mutex:
+            rec, fs.recording = fs.recording, None
+            if rec is None:
+                return {"states": 0}
+            rec.states += 1
+            for mode in rec.modes:
+                _persist(fs.root, rec.dest / f"{rec.states:05d}-{mode}", mode, replace=False)
+        return {"states": rec.states}
     if what == "disarm":
         with fs.mutex:
             fs.trigger = None

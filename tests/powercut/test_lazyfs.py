@@ -231,3 +231,30 @@ def test_an_armed_cut_kills_the_writer_at_the_nth_fsync(fs: PowerCutFS, tmp_path
     fs.restart()
     data = (fs.mount / "log").read_bytes()
     assert data == b"".join(b"%08d" % i for i in range(39))  # the 40th fsync never happened
+
+
+def test_a_meta_cut_keeps_names_and_sizes_but_not_unsynced_data(fs: PowerCutFS) -> None:
+    _durable_file(fs, "config", b"old")
+    _write(fs.mount / "config.tmp", b"new contents")
+    os.replace(fs.mount / "config.tmp", fs.mount / "config")
+    fs.cut(mode="meta")
+    fs.restart()
+    assert os.listdir(fs.mount) == ["config"]
+    assert (fs.mount / "config").read_bytes() == b"\0" * len(b"new contents")  # neither old nor new
+
+
+def test_record_writes_the_state_a_cut_would_leave_before_each_operation(
+    fs: PowerCutFS, tmp_path: Path
+) -> None:
+    fs.record(tmp_path / "states")
+    path = fs.mount / "f"
+    _write(path, b"data", sync=True)  # create, write, fsync
+    _fsync(fs.mount)  # fsyncdir
+    n = fs.stop_record()
+    assert n == 5
+    listing = {s: sorted(os.listdir(tmp_path / "states" / f"{s:05d}-drop")) for s in range(1, n + 1)}
+    assert listing == {1: [], 2: [], 3: [], 4: [], 5: ["f"]}
+    meta = [(tmp_path / "states" / f"{s:05d}-meta" / "f") for s in range(2, n + 1)]
+    assert [p.read_bytes() for p in meta] == [b"", b"\0" * 4, b"data", b"data"]
+    assert (tmp_path / "states/00005-drop/f").read_bytes() == b"data"
+    assert path.read_bytes() == b"data"  # no cut: the file system goes on
