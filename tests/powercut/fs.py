@@ -87,10 +87,11 @@ class PowerCutFS:
         """Cut by itself at the `count`-th `op` on a file whose name matches `pattern`."""
         self.request("arm", op=op, pattern=pattern, count=count, mode=mode, seed=seed, kill=kill)
 
-    def record(self, dest: Path, pattern: str = "*", modes: tuple[str, ...] = ("drop", "meta")) -> None:
-        """From now on, before each operation on a file matching `pattern`, write the
-        state a cut in each of `modes` would leave to dest/NNNNN-MODE (no cut)."""
-        self.request("record", dest=str(dest), pattern=pattern, modes=list(modes))
+    def record(self, dest: Path, exclude: str = "", modes: tuple[str, ...] = ("drop", "meta")) -> None:
+        """From now on, before each operation that changes something (but those on files
+        whose name matches `exclude`), write the state a cut in each of `modes` would
+        leave to dest/NNNNN-MODE (no cut)."""
+        self.request("record", dest=str(dest), exclude=exclude, modes=list(modes))
 
     def stop_record(self) -> int:
         """Stop recording (after writing the state after the last operation); returns

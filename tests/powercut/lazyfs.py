@@ -169,10 +169,11 @@ class Trigger:
 
 @dataclass
 class Recording:
-    """Write the state a cut would leave before each operation on a matching file."""
+    """Write the state a cut would leave before each operation (but those on files
+    whose name matches `exclude`)."""
 
     dest: Path
-    pattern: str
+    exclude: str  # a file name pattern: no state before operations on these
     modes: tuple[str, ...]
     states: int = 0
 
@@ -241,7 +242,9 @@ class LazyFS(Operations):
         """Count the operation; if it is the one armed, cut before it takes effect."""
         self.ops[op] += 1
         rec = self.recording
-        if rec is not None and fnmatch.fnmatch(os.path.basename(path or ""), rec.pattern):
+        if rec is not None and not (
+            rec.exclude and fnmatch.fnmatch(os.path.basename(path or ""), rec.exclude)
+        ):
             rec.states += 1
             for mode in rec.modes:
                 _persist(self.root, rec.dest / f"{rec.states:05d}-{mode}", mode, replace=False)
@@ -601,7 +604,7 @@ def _command(fs: LazyFS, cmd: dict[str, Any]) -> dict[str, Any]:
         dest = Path(cmd["dest"])
         dest.mkdir(parents=True, exist_ok=True)
         with fs.mutex:
-            fs.recording = Recording(dest, cmd.get("pattern", "*"), modes)
+            fs.recording = Recording(dest, cmd.get("exclude", ""), modes)
         return {"recording": True}
     if what == "stop-record":  # and the state after the last operation
         with fs.mutex:
