@@ -115,6 +115,8 @@ def test_install_mariadb_password_files_survive_a_cut(tmp_path: Path, mysql_proc
                 EDGELOG_DB=db,
                 SKIP_APT="1",
             )
+            (fs.mount / "etc").mkdir()  # /etc is there, /etc/edgelog not yet
+            _clean_restart(fs)
             fs.record(tmp_path / "states")
             run = subprocess.run([str(INSTALL_DB)], env=env, capture_output=True, text=True, timeout=120)
             fs.stop_record()
