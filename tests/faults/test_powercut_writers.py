@@ -29,7 +29,7 @@ import pytest
 from conftest import ROOT, edgelog, wait_for
 from powercut.fs import PowerCutFS, missing, mounted
 
-from .kit import mariadb_toml, max_seq, meter, write_config
+from .kit import mariadb_toml, max_seq, meta, meter, write_config
 from .test_buffer_full import prefill
 from .test_corrupt import corrupt_middle_pages
 
@@ -213,10 +213,25 @@ def test_the_move_aside_of_a_corrupt_buffer_survives_a_cut(
     for state in states:  # the corrupt file is never lost: under its name, or moved aside
         kept = [p for p in state.glob("buffer*.sqlite3") if p.read_bytes() == corrupt]
         assert len(kept) == 1, f"{state.name}: the corrupt buffer is gone"
-    # the next boot, on states through the move: it starts, and logs on
-    booted = states[:: max(1, len(states) // 6)]
+    # the next boot, on states through the move, and on the first one where the file
+    # was moved aside but the new buffer had not noted it yet: it starts, logs on, and
+    # sync-status names the file moved aside
+    unnoted = [s for s in states if (s / "buffer.sqlite3").exists() and _aside(s) and not _noted(s)]
+    booted = [*states[:: max(1, len(states) // 6)], *unnoted[:1]]
     reported = [_start_on(state, tmp_path, logger_db, simulator, logger_factory) for state in booted]
-    print(f"move aside: {len(states)} states, {sum(reported)} of {len(booted)} boots report the file")
+    print(f"move aside: {len(states)} states ({len(unnoted)} moved, not noted); {len(booted)} boots")
+    assert all(reported), [s.name for s, r in zip(booted, reported, strict=True) if not r]
+
+
+def _aside(state: Path) -> list[Path]:
+    return list(state.glob("buffer.corrupt-*.sqlite3"))
+
+
+def _noted(state: Path) -> bool:
+    try:
+        return bool(json.loads(meta(state / "buffer.sqlite3", "corrupt_buffers") or "[]"))
+    except sqlite3.DatabaseError:
+        return False
 
 
 def _rows(buffer: Path) -> int:
@@ -241,10 +256,12 @@ def _start_on(state: Path, tmp_path: Path, logger_db, simulator, logger_factory)
     )
     logger = logger_factory(config, buffer=disk / "buffer.sqlite3", log=f"{state.name}.log")
     logger.start()
-    wait_for(lambda: _rows(disk / "buffer.sqlite3") >= 2 or not logger.alive(), timeout=30, what="a reading")
+    wait_for(lambda: logger.lines("logging pac1") or not logger.alive(), timeout=30, what="the start")
+    time.sleep(0.6)
     assert logger.alive(), f"{state.name}: {logger.text()[-1500:]}"
     assert logger.term() == 0, logger.text()[-2000:]
-    aside = [p for p in disk.glob("buffer.corrupt-*.sqlite3")]
+    assert _rows(disk / "buffer.sqlite3") >= 2, f"{state.name}: no readings after the boot"
+    aside = _aside(disk)
     assert len(aside) == 1, f"{state.name}: {aside}"  # the move a cut undid is done again
     status = json.loads(edgelog("sync-status", "--json", config=config).stdout)
     return bool(status.get("corrupt_buffers"))
