@@ -48,8 +48,12 @@ def _mode(path: Path) -> int:
     return stat.S_IMODE(path.lstat().st_mode)
 
 
+def _read(path: Path) -> bytes | None:
+    return path.read_bytes() if path.exists() else None
+
+
 def _old_or_new(path: Path, old: bytes | None, new: bytes, state: Path) -> None:
-    got = path.read_bytes() if path.exists() else None
+    got = _read(path)
     assert got in (old, new), (
         f"{state.name}: {path.name} is neither the old nor the new file ({len(got or b'')} B)"
     )
@@ -92,7 +96,7 @@ def test_export_out_after_a_cut_is_the_old_file_or_the_complete_new_one(tmp_path
         _old_or_new(state / "out.csv", old, new, state)
     last = states[-2]  # after export returned, only what was fsync'ed
     assert last.name.endswith("-drop")
-    assert (last / "out.csv").read_bytes() == new, "export returned, a cut then brought the old file back"
+    assert _read(last / "out.csv") == new, "export returned, a cut then brought the old file back"
 
 
 # -- schema/install-mariadb ---------------------------------------------------------
@@ -130,7 +134,7 @@ def test_install_mariadb_password_files_survive_a_cut(tmp_path: Path, mysql_proc
         last = states[-2]
         assert last.name.endswith("-drop")
         for name in files:  # the script returned: MariaDB has these passwords, and so has the disk
-            assert (last / "etc/edgelog" / name).read_bytes() == final[name], f"{name} lost after the install"
+            assert _read(last / "etc/edgelog" / name) == final[name], f"{name} lost after the install"
 
         # the next boot: the installer again, on a state from the middle of the run
         middle = states[len(states) // 2]
@@ -175,8 +179,8 @@ def test_install_config_unit_and_password_mode_survive_a_cut(tmp_path: Path) -> 
         assert (state / "edgelog/mariadb.password").read_bytes() == b"x" * 24
     last = states[-2]
     assert last.name.endswith("-drop")
-    assert (last / "edgelog/edgelog.toml").read_bytes() == example, "installed, then lost in a cut"
-    assert (last / "systemd/system/edgelog.service").read_bytes() == unit, "installed, then lost in a cut"
+    assert _read(last / "edgelog/edgelog.toml") == example, "installed, then lost in a cut"
+    assert _read(last / "systemd/system/edgelog.service") == unit, "installed, then lost in a cut"
     assert _mode(last / "edgelog/mariadb.password") == 0o600, "the password file readable by all after a cut"
 
 
