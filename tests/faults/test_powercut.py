@@ -244,7 +244,8 @@ def _one_cut(fs: PowerCutFS, logger, db, proxy, rnd: random.Random, seq_before: 
         committed = buffer_rows(buffer, "seq > ?", seq_before)
         assert logger.alive(), logger.text()[-2000:]
         fired = _cut_at(fs, moment, rnd, mode, cut_seed, proc.pid)
-    proc.wait(30)
+    # killed by the cut, never exited by itself before it (no crash loop)
+    assert proc.wait(30) == -9, logger.text()[-2000:]
     time.sleep(0.15)  # let the simulators answer what was already on the wire
     fs.restart()
     return {
