@@ -238,7 +238,9 @@ class Buffer:
                 # Checked through a read-only connection: closing the last read-write one
                 # would checkpoint the WAL into a corrupt file and delete it.
                 cls.check_file(path)
-            return cls(path, columns, max_bytes=max_bytes, check=False)
+            buffer = cls(path, columns, max_bytes=max_bytes, check=False)
+            buffer.note_unnoted_corrupt()
+            return buffer
         except BufferCorrupt as exc:
             aside = corrupt_name(path, time.time() if now is None else now)
             try:
@@ -524,6 +526,15 @@ class Buffer:
         paths = [*self.corrupt_buffers(), moved_to]
         with self._writing("cannot record the corrupt buffer"):
             self.set_meta("corrupt_buffers", json.dumps(paths))
+
+    def note_unnoted_corrupt(self) -> None:
+        """Note the corrupt copies beside the buffer that it does not know of: a power cut
+        between a move aside and its note keeps the file, not the note."""
+        known = set(self.corrupt_buffers())
+        for aside in sorted(self.path.parent.glob(f"{self.path.stem}.corrupt-*{self.path.suffix}")):
+            if str(aside) not in known:
+                log.error("buffer %s: a corrupt buffer was moved aside to %s (kept)", self.path, aside)
+                self.note_corrupt(str(aside))
 
     def corrupt_buffers(self) -> list[str]:
         return list(json.loads(self.get_meta("corrupt_buffers") or "[]"))
