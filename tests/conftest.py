@@ -148,7 +148,8 @@ def meter_toml(port: int, name: str = "pac1", interval_s: float = 1.0, **extra: 
         'host = "127.0.0.1"',
         f"port = {port}",
         f"interval_s = {interval_s}",
-        "timeout_s = 0.5",
+        # within the bus's time budget (timeout_s < interval_s), as the config requires
+        f"timeout_s = {round(min(0.5, 0.75 * interval_s), 3)}",
     ]
     lines += [f"{k} = {_toml_value(v)}" for k, v in extra.items()]
     return "\n".join(lines) + "\n"

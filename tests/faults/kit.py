@@ -64,7 +64,7 @@ def mariadb_toml(db: LoggerDB, *, port: int | None = None, socket_path: bool = F
 
 def meter(name: str, port: int, interval_s: float = 0.2, **extra: Any) -> str:
     keys = {"name": name, "transport": "tcp", "host": "127.0.0.1", "port": port, "interval_s": interval_s}
-    keys.setdefault("timeout_s", 0.5)
+    keys.setdefault("timeout_s", round(min(0.5, 0.75 * interval_s), 3))  # the bus's time budget
     keys.update(extra)
     return _table("[meters]", keys)
 
