@@ -7,7 +7,11 @@ is the next wall-clock multiple of the interval, strictly after now. So:
 
 * samples land on ``k * interval_s`` (UTC epoch), with no cumulative drift;
 * a run that overruns one or more boundaries skips them and counts each one as
-  a missed sample: there is never a burst of catch-up reads;
+  a missed sample: there is never a burst of catch-up reads. A run that starts
+  after its whole slot has passed (another job on the same thread took the
+  time) runs for the slot it starts in, and the slots passed are missed. Each
+  missed slot is also handed to the job's `on_missed` (its grid instant), so the
+  service can store it as a gap row;
 * after the clock steps (no RTC; time sync arriving late), the next run is the
   next boundary of the *new* time: no flood of polls after a jump back, no
   silence after a jump forward. A step is told apart from an overrun by
@@ -64,11 +68,18 @@ class GridStats:
 class GridJob(schedule.Job):
     """A schedule Job whose runs sit on an exact wall-clock grid."""
 
-    def __init__(self, interval_s: float, scheduler: schedule.Scheduler, clock: Clock):
+    def __init__(
+        self,
+        interval_s: float,
+        scheduler: schedule.Scheduler,
+        clock: Clock,
+        on_missed: Callable[[list[float]], object] | None = None,
+    ):
         super().__init__(1, scheduler)
         self.unit = "seconds"
         self.interval_s = interval_s
         self.clock = clock
+        self.on_missed = on_missed
         self.stats = GridStats()
         self.due_at: float | None = None  # the grid instant this run was meant for
         self.running = False
@@ -89,6 +100,12 @@ class GridJob(schedule.Job):
             log.warning("clock stepped by %+.1f s; sampling resumes on the new grid", step)
             self._set_due(next_boundary(now, self.interval_s), now, mono)
             return False
+        if now >= self.due_at + self.interval_s:
+            # Its whole slot has passed (a job before it on this thread overran): run for
+            # the slot it is in now; the slots passed are missed.
+            current = next_boundary(now, self.interval_s) - self.interval_s
+            self._missed(self.due_at, current)
+            self._set_due(current, now, mono)
         return now >= self.due_at
 
     def run(self) -> object:
@@ -122,10 +139,18 @@ class GridJob(schedule.Job):
                 log.warning("clock stepped by %+.1f s; sampling resumes on the new grid", step)
             else:
                 # boundaries between the one we ran for and the next one were skipped
-                skipped = round((nxt - self.due_at) / self.interval_s) - 1
-                if skipped > 0:
-                    self.stats.missed += skipped
+                self._missed(self.due_at + self.interval_s, nxt)
         self._set_due(nxt, now, mono)
+
+    def _missed(self, first: float, end: float) -> None:
+        """The boundaries from `first` up to (not including) `end` were missed."""
+        skipped = round((end - first) / self.interval_s)
+        if skipped <= 0:
+            return
+        self.stats.missed += skipped
+        if self.on_missed is not None:
+            k = round(first / self.interval_s)
+            self.on_missed([(k + i) * self.interval_s for i in range(skipped)])
 
 
 @dataclass
@@ -135,8 +160,14 @@ class Cadence:
     clock: Clock = field(default_factory=Clock)
     scheduler: schedule.Scheduler = field(default_factory=schedule.Scheduler)
 
-    def every(self, interval_s: float, func: Callable[[], object]) -> GridJob:
-        job = GridJob(interval_s, self.scheduler, self.clock)
+    def every(
+        self,
+        interval_s: float,
+        func: Callable[[], object],
+        on_missed: Callable[[list[float]], object] | None = None,
+    ) -> GridJob:
+        """A job on the grid of `interval_s`; `on_missed` gets the instants of slots it missed."""
+        job = GridJob(interval_s, self.scheduler, self.clock, on_missed)
         job.do(func)
         return job
 

@@ -195,7 +195,7 @@ def test_unknown_keys_are_errors_naming_the_key(tmp_path: Path, parts: dict[str,
         ({"mariadb": "port = 0"}, "[mariadb] port: must be 1–65535, got 0"),
         ({"mariadb": 'port = "abc"'}, '[mariadb] port: must be an integer, got "abc"'),
         ({"mariadb": "batch_size = true"}, "[mariadb] batch_size: must be an integer, got True"),
-        ({"mariadb": "connect_timeout_s = -1"}, "[mariadb] connect_timeout_s: must be a positive number"),
+        ({"mariadb": "connect_timeout_s = -1"}, "[mariadb] connect_timeout_s: must be 0.1–3600, got -1.0"),
         (
             {"mariadb": "ssl_verify_identity = 1"},
             "[mariadb] ssl_verify_identity: must be true or false, got 1",
@@ -204,13 +204,13 @@ def test_unknown_keys_are_errors_naming_the_key(tmp_path: Path, parts: dict[str,
         ({"meter": "stopbits = 3"}, "[meters[0]] stopbits: must be 1–2, got 3"),
         ({"meter": "baudrate = 12"}, "[meters[0]] baudrate: must be a baud rate"),
         ({"meter": "unit_id = 300"}, "[meters[0]] unit_id: must be 0–247, got 300"),
-        ({"meter": "timeout_s = 0"}, "[meters[0]] timeout_s: must be 0.05–60, got 0.0"),
+        ({"meter": "timeout_s = 0"}, "[meters[0]] timeout_s: must be 0.01–60, got 0.0"),
         ({"meter": 'interval_s = "1"'}, '[meters[0]] interval_s: must be a number, got "1"'),
         ({"meter": "interval_s = nan"}, "[meters[0]] interval_s: must be 0.05–86400, got nan"),
         ({"meter": 'profile = "pac9999"'}, "[meters[0]] profile: unknown profile 'pac9999'"),
         ({"meter": 'registers = "x"'}, '[meters[0]] registers: must be an array of tables, got "x"'),
-        ({"top": "[buffer]\nmax_mb = 0"}, "[buffer] max_mb: must be a positive number, got 0.0"),
-        ({"top": "[sync]\nbackoff_max_s = inf"}, "[sync] backoff_max_s: must be a positive number, got inf"),
+        ({"top": "[buffer]\nmax_mb = 0"}, "[buffer] max_mb: must be 0.5–1000000, got 0.0"),
+        ({"top": "[sync]\nbackoff_max_s = inf"}, "[sync] backoff_max_s: must be 0.05–86400, got inf"),
         (
             {"registers": 'name = "frequencia"\ntype = "float16"'},
             "[meters[0].registers[0]] type: must be one of 'int16', ",
@@ -353,7 +353,7 @@ def test_password_file_readable_by_others_is_refused_with_a_chmod_hint(tmp_path:
 def test_a_missing_password_file_is_a_config_error(tmp_path: Path) -> None:
     missing = tmp_path / "nope"
     cfg = config.load(write(tmp_path, document(mariadb=f'password_file = "{missing}"')))
-    with pytest.raises(ConfigError, match=r"\[mariadb\] password_file: cannot read .*nope"):
+    with pytest.raises(ConfigError, match=r"\[mariadb\] password_file: .*nope does not exist; create it"):
         cfg.mariadb.read_password()
 
 
@@ -361,7 +361,11 @@ def test_a_password_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> N
     secret = tmp_path / "pw"
     secret.write_bytes(b"senha\xe7\n")
     secret.chmod(0o600)
+    message = load_error(tmp_path, document(mariadb=f'password_file = "{secret}"'))
+    assert f"[mariadb] password_file: {secret} is not UTF-8 text" in message
+    secret.write_text("senha\n")
     cfg = config.load(write(tmp_path, document(mariadb=f'password_file = "{secret}"')))
+    secret.write_bytes(b"senha\xe7\n")  # broken while `run` runs: refused at the next read
     with pytest.raises(ConfigError, match=r"\[mariadb\] password_file: .*pw is not UTF-8 text"):
         cfg.mariadb.read_password()
 
