@@ -1,0 +1,162 @@
+"""One poll thread per bus: a silent meter never costs another meter a sample, and every
+slot of every meter leaves a row (a reading, or a gap saying why).
+
+The silent meters are real TCP servers that accept the connection and read the
+request but never answer (a meter powered but mute, a gateway whose serial side is
+dead): each poll waits its whole timeout. Ports where nothing listens (the
+connection refused at once) are the other kind of silence.
+"""
+
+from __future__ import annotations
+
+import math
+import selectors
+import socket
+import sqlite3
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import LoggerDB, start_edgelog, stop, write_config
+
+from edgelog.simulate import SimulatorThread
+
+
+class SilentServers:
+    """`n` TCP ports on 127.0.0.1 that accept and read, and never write a byte."""
+
+    def __init__(self, n: int):
+        self.selector = selectors.DefaultSelector()
+        self.listeners = []
+        for _ in range(n):
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            sock.listen()
+            sock.setblocking(False)
+            self.selector.register(sock, selectors.EVENT_READ, "listen")
+            self.listeners.append(sock)
+        self.ports = [s.getsockname()[1] for s in self.listeners]
+        self.accepted = 0
+        self.requests = 0
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for key, _ in self.selector.select(0.1):
+                sock = key.fileobj
+                assert isinstance(sock, socket.socket)
+                if key.data == "listen":
+                    conn, _ = sock.accept()
+                    conn.setblocking(False)
+                    self.selector.register(conn, selectors.EVENT_READ, "conn")
+                    self.accepted += 1
+                    continue
+                try:
+                    data = sock.recv(4096)
+                except OSError:
+                    data = b""
+                if data:
+                    self.requests += 1  # heard, and left unanswered
+                else:
+                    self.selector.unregister(sock)
+                    sock.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self.thread.join(5)
+        for key in list(self.selector.get_map().values()):
+            key.fileobj.close()  # type: ignore[union-attr]
+        self.selector.close()
+
+
+@pytest.fixture
+def silent() -> Iterator[SilentServers]:
+    servers = SilentServers(10)
+    yield servers
+    servers.close()
+
+
+def closed_ports(n: int) -> list[int]:
+    """Ports where nothing listens: a connection is refused at once."""
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def tcp_meter(name: str, port: int) -> str:
+    """A [[meters]] table with every timing key at its default (1 Hz, timeout_s 0.3)."""
+    return f'[[meters]]\nname = "{name}"\ntransport = "tcp"\nhost = "127.0.0.1"\nport = {port}\n'
+
+
+def rows_by_meter(buffer: Path) -> dict[str, list[tuple[float, str | None]]]:
+    with closing(sqlite3.connect(f"file:{buffer}?mode=ro", uri=True, timeout=30)) as conn:
+        rows = conn.execute("SELECT meter, measured_at, error FROM readings ORDER BY seq").fetchall()
+    out: dict[str, list[tuple[float, str | None]]] = defaultdict(list)
+    for meter, at, error in rows:
+        out[meter].append((at, error))
+    return out
+
+
+def common_slots(rows: dict[str, list[tuple[float, Any]]], interval: float) -> range:
+    """The slots every meter was polled through: from the latest first slot to the
+    earliest last one (the threads start, and stop, a moment apart)."""
+    first = max(min(math.floor(at / interval) for at, _ in r) for r in rows.values())
+    last = min(max(math.floor(at / interval) for at, _ in r) for r in rows.values())
+    return range(first, last + 1)
+
+
+def one_row_per_slot(meter_rows: list[tuple[float, Any]], slots: range, interval: float) -> list[Any]:
+    """The `error` of the meter's row in each slot; fails unless there is exactly one."""
+    by_slot: dict[int, list[Any]] = defaultdict(list)
+    for at, error in meter_rows:
+        by_slot[math.floor(at / interval)].append(error)
+    missing = [k for k in slots if k not in by_slot]
+    doubled = [k for k in slots if len(by_slot.get(k, [])) > 1]
+    assert not missing and not doubled, (missing, doubled)
+    return [by_slot[k][0] for k in slots]
+
+
+def test_one_healthy_meter_and_ten_silent_ones_on_their_own_buses_at_1_hz(
+    tmp_path: Path, simulator: SimulatorThread, logger_db: LoggerDB, silent: SilentServers
+) -> None:
+    refused = closed_ports(2)
+    meters = [tcp_meter("healthy", simulator.port)]
+    meters += [tcp_meter(f"silent{i:02d}", port) for i, port in enumerate(silent.ports)]
+    meters += [tcp_meter(f"refused{i}", port) for i, port in enumerate(refused)]
+    config = write_config(tmp_path, logger_db.toml(), *meters)
+    log = tmp_path / "run.log"
+    proc = start_edgelog("run", config=config, log=log)
+    try:
+        time.sleep(32)
+        assert proc.poll() is None, log.read_text()
+    finally:
+        assert stop(proc) == 0, log.read_text()
+
+    rows = rows_by_meter(tmp_path / "buffer.sqlite3")
+    assert len(rows) == 13
+    slots = common_slots(rows, 1.0)
+    assert len(slots) >= 28, slots
+    healthy = one_row_per_slot(rows.pop("healthy"), slots, 1.0)
+    assert healthy == [None] * len(slots), "the healthy meter has a reading in every slot"
+    for name, meter_rows in rows.items():
+        errors = one_row_per_slot(meter_rows, slots, 1.0)
+        if name.startswith("silent"):
+            port = silent.ports[int(name.removeprefix("silent"))]
+            expected = f"timeout: no answer from unit 126 on 127.0.0.1:{port} within 0.3 s"
+            assert errors == [expected] * len(slots), name
+        else:
+            refused_ok = [e is not None and e.startswith("no connection: cannot connect to") for e in errors]
+            assert all(refused_ok), name
+    assert silent.requests >= 10 * len(slots)  # each slot's request reached its silent server
+    assert "skipped" not in log.read_text()
