@@ -611,7 +611,7 @@ def _port(v: int) -> str | None:
 
 
 def _baudrate(v: int) -> str | None:
-    return None if 300 <= v <= 1_000_000 else "must be a baud rate such as 9600 or 19200"
+    return None if 300 <= v <= 1_000_000 else "must be 300–1000000, a baud rate such as 9600 or 19200"
 
 
 def _identifier_like(v: str) -> str | None:
