@@ -83,7 +83,7 @@ class Recorder:
         job_run = cadence_mod.GridJob.run
 
         def probe_job_run(job: Any, *args: Any, **kwargs: Any) -> Any:
-            rec._current.due = job.due_at or 0.0  # the instant this run is for
+            rec._current.job = job  # its due_at, read at hand-over: the instant this run is for
             return job_run(job, *args, **kwargs)
 
         def probe_drain(worker: Any, *args: Any, **kwargs: Any) -> Any:
@@ -104,7 +104,8 @@ class Recorder:
 
         def probe_hand_over(svc: Any, new: Any, *args: Any) -> Any:
             with rec.lock:
-                current = (getattr(rec._current, "start", 0.0), getattr(rec._current, "due", 0.0))
+                job = getattr(rec._current, "job", None)
+                current = (getattr(rec._current, "start", 0.0), (job.due_at or 0.0) if job else 0.0)
                 rec._handed[(new.meter, new.measured_at)] = current
             return hand_over(svc, new, *args)
 

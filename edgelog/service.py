@@ -285,10 +285,10 @@ class Service:
         self._died: set[str] = set()  # threads whose death is logged already
         self._stalled: set[str] = set()  # buses whose stall is logged already
 
-    def poll(self, meter: Meter, bus: BusPoller) -> None:
+    def poll(self, meter: Meter, bus: BusPoller) -> float:
         """(On the bus's thread.) Read one meter and hand the reading (or the gap) to the
         writer; return once it is committed, or when the bus's next poll is due, whichever
-        comes first."""
+        comes first. Returns the row's `measured_at`: the slot it is in is covered."""
         bus.beat()
         started = self.clock.monotonic()
         try:
@@ -302,6 +302,7 @@ class Service:
             at = reading.measured_at
             new = NewReading(meter.name, at, reading.values, None, self.guard.check(at))
         self._hand_over(new, meter.config.interval_s, started, bus)
+        return at
 
     def missed(self, meter: Meter, slots: list[float]) -> None:
         """(On the bus's thread.) Slots of `meter` its bus was too busy to poll: one gap row

@@ -9,10 +9,14 @@ connection refused at once) are the other kind of silence.
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import selectors
 import socket
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections import defaultdict
@@ -22,9 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import LoggerDB, start_edgelog, stop, write_config
+from conftest import ROOT, LoggerDB, edgelog, start_edgelog, stop, wait_for, write_config
 
-from edgelog.simulate import SimulatorThread
+from edgelog.simulate import Pac3100Simulator, SimulatorThread
 
 
 class SilentServers:
@@ -160,3 +164,62 @@ def test_one_healthy_meter_and_ten_silent_ones_on_their_own_buses_at_1_hz(
             assert all(refused_ok), name
     assert silent.requests >= 10 * len(slots)  # each slot's request reached its silent server
     assert "skipped" not in log.read_text()
+
+
+def test_a_poll_that_overruns_leaves_a_skipped_gap_row_in_each_slot_it_cost(
+    tmp_path: Path, simulator: SimulatorThread, logger_db: LoggerDB
+) -> None:
+    """pac1 and pac2 share a bus, pac3 has its own. One poll of pac1 hangs 2.2 s (a driver
+    blocking: tests/inject/sitecustomize.py). Each slot it cost pac1 and pac2 is a gap row
+    `skipped: poll overran` at the slot's grid instant; pac3 loses nothing; sync-status
+    counts them per meter."""
+    other = SimulatorThread(Pac3100Simulator()).start()
+    hang = tmp_path / "hang"
+    meters = [
+        tcp_meter("pac1", simulator.port) + "interval_s = 0.5\ntimeout_s = 0.2\n",
+        tcp_meter("pac2", simulator.port) + "interval_s = 0.5\ntimeout_s = 0.2\n",
+        tcp_meter("pac3", other.port) + "interval_s = 0.5\n",
+    ]
+    config = write_config(tmp_path, logger_db.toml(), *meters)
+    log = tmp_path / "run.log"
+    env = dict(os.environ, PYTHONPATH=f"{ROOT / 'tests' / 'inject'}{os.pathsep}{ROOT}")
+    env["EDGELOG_TEST_FAULT"] = f"hang:{hang}"
+    env.pop("NOTIFY_SOCKET", None)
+    try:
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "edgelog", "--config", str(config), "run"],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+        try:
+            wait_for(lambda: len(other.sim.served) >= 6, what="polls")
+            hang.write_text("pac1\n")
+            time.sleep(2.2)
+            hang.unlink()
+            time.sleep(3)
+            status = edgelog("sync-status", "--json", config=config)
+            assert proc.poll() is None, log.read_text()
+        finally:
+            hang.unlink(missing_ok=True)
+            assert stop(proc) == 0, log.read_text()
+    finally:
+        other.stop()
+
+    rows = rows_by_meter(tmp_path / "buffer.sqlite3")
+    slots = common_slots(rows, 0.5)
+    skipped = {}
+    for name in ("pac1", "pac2", "pac3"):
+        errors = one_row_per_slot(rows[name], slots, 0.5)  # one row in every slot, for each
+        skipped[name] = [at for at, e in rows[name] if e == "skipped: poll overran"]
+        assert all(e in (None, "skipped: poll overran") for e in errors), (name, errors)
+        assert all((at / 0.5).is_integer() for at in skipped[name]), "at the slot's grid instant"
+    assert len(skipped["pac1"]) >= 3 and len(skipped["pac2"]) >= 3, skipped
+    assert skipped["pac3"] == [] and all(e is None for _, e in rows["pac3"]), "the other bus lost nothing"
+    meters_status = json.loads(status.stdout)["meters"]
+    for name in ("pac1", "pac2"):
+        assert meters_status[name]["skipped_last_hour"] == len(skipped[name])
+        assert meters_status[name]["gaps_last_hour"] == {"skipped": len(skipped[name])}
+    assert meters_status["pac3"]["gaps_last_hour"] == {} and meters_status["pac3"]["skipped_last_hour"] == 0
+    assert "meter pac1: " in log.read_text() and "slot(s) skipped so far" in log.read_text()
