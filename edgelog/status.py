@@ -391,10 +391,10 @@ def render(h: Health, colour: bool = False) -> str:
             text += "  (not in config)"
         lines.append(text)
         if m.gaps_last_hour:
-            causes = sorted(m.gaps_last_hour.items(), key=lambda kv: -kv[1])
+            causes = sorted(m.gaps_last_hour.items(), key=lambda kv: (-kv[1], kv[0]))
             shown = ", ".join(f"{human.count(n)} {cause}" for cause, n in causes[:3])
             more = f", {len(causes) - 3} more causes" if len(causes) > 3 else ""
-            lines.append(f"{'':26}gaps (1 h): {_clip(shown + more, 50)}")
+            lines.append(f"{'':26}gaps (1 h): {_clip(shown + more, 54)}")
         if m.last_poll_error and (m.last_reading_at is None or (m.last_poll_at or 0) > m.last_reading_at):
             lines.append(f"{'':26}last poll failed: {_clip(m.last_poll_error, 50)}")
     lines.append("")
