@@ -10,23 +10,25 @@ connection refused at once) are the other kind of silence.
 from __future__ import annotations
 
 import json
-import math
-import os
 import selectors
 import socket
-import sqlite3
-import subprocess
-import sys
 import threading
 import time
-from collections import defaultdict
 from collections.abc import Iterator
-from contextlib import closing
 from pathlib import Path
-from typing import Any
 
 import pytest
-from conftest import ROOT, LoggerDB, edgelog, start_edgelog, stop, wait_for, write_config
+from conftest import (
+    LoggerDB,
+    common_slots,
+    edgelog,
+    one_row_per_slot,
+    rows_by_meter,
+    start_edgelog,
+    stop,
+    wait_for,
+    write_config,
+)
 
 from edgelog.simulate import Pac3100Simulator, SimulatorThread
 
@@ -103,34 +105,6 @@ def tcp_meter(name: str, port: int) -> str:
     return f'[[meters]]\nname = "{name}"\ntransport = "tcp"\nhost = "127.0.0.1"\nport = {port}\n'
 
 
-def rows_by_meter(buffer: Path) -> dict[str, list[tuple[float, str | None]]]:
-    with closing(sqlite3.connect(f"file:{buffer}?mode=ro", uri=True, timeout=30)) as conn:
-        rows = conn.execute("SELECT meter, measured_at, error FROM readings ORDER BY seq").fetchall()
-    out: dict[str, list[tuple[float, str | None]]] = defaultdict(list)
-    for meter, at, error in rows:
-        out[meter].append((at, error))
-    return out
-
-
-def common_slots(rows: dict[str, list[tuple[float, Any]]], interval: float) -> range:
-    """The slots every meter was polled through: from the latest first slot to the
-    earliest last one (the threads start, and stop, a moment apart)."""
-    first = max(min(math.floor(at / interval) for at, _ in r) for r in rows.values())
-    last = min(max(math.floor(at / interval) for at, _ in r) for r in rows.values())
-    return range(first, last + 1)
-
-
-def one_row_per_slot(meter_rows: list[tuple[float, Any]], slots: range, interval: float) -> list[Any]:
-    """The `error` of the meter's row in each slot; fails unless there is exactly one."""
-    by_slot: dict[int, list[Any]] = defaultdict(list)
-    for at, error in meter_rows:
-        by_slot[math.floor(at / interval)].append(error)
-    missing = [k for k in slots if k not in by_slot]
-    doubled = [k for k in slots if len(by_slot.get(k, [])) > 1]
-    assert not missing and not doubled, (missing, doubled)
-    return [by_slot[k][0] for k in slots]
-
-
 def test_one_healthy_meter_and_ten_silent_ones_on_their_own_buses_at_1_hz(
     tmp_path: Path, simulator: SimulatorThread, logger_db: LoggerDB, silent: SilentServers
 ) -> None:
@@ -182,17 +156,8 @@ def test_a_poll_that_overruns_leaves_a_skipped_gap_row_in_each_slot_it_cost(
     ]
     config = write_config(tmp_path, logger_db.toml(), *meters)
     log = tmp_path / "run.log"
-    env = dict(os.environ, PYTHONPATH=f"{ROOT / 'tests' / 'inject'}{os.pathsep}{ROOT}")
-    env["EDGELOG_TEST_FAULT"] = f"hang:{hang}"
-    env.pop("NOTIFY_SOCKET", None)
     try:
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "edgelog", "--config", str(config), "run"],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=env,
-            )
+        proc = start_edgelog("run", config=config, log=log, fault=f"hang:{hang}")
         try:
             wait_for(lambda: len(other.sim.served) >= 6, what="polls")
             hang.write_text("pac1\n")

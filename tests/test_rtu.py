@@ -7,25 +7,31 @@ independently of pymodbus: address, function, CRC, and the values themselves.
 from __future__ import annotations
 
 import asyncio
-import math
 import os
 import re
 import select
 import shutil
-import sqlite3
 import struct
 import subprocess
 import threading
 import time
 import tty
 from collections.abc import Callable, Iterator
-from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import LoggerDB, edgelog, start_edgelog, stop, write_config
+from conftest import (
+    LoggerDB,
+    common_slots,
+    edgelog,
+    one_row_per_slot,
+    rows_by_meter,
+    start_edgelog,
+    stop,
+    write_config,
+)
 from pymodbus import FramerType
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 
@@ -424,22 +430,16 @@ def test_a_silent_meter_on_the_line_costs_the_other_two_no_slot(
             assert proc.poll() is None, log.read_text()
         finally:
             assert stop(proc) == 0, log.read_text()
-    with closing(sqlite3.connect(f"file:{tmp_path / 'buffer.sqlite3'}?mode=ro", uri=True)) as conn:
-        rows = conn.execute("SELECT meter, measured_at, error FROM readings ORDER BY seq").fetchall()
-    slots: dict[str, dict[int, list[str | None]]] = {"pac126": {}, "pac2": {}, "absent": {}}
-    for meter, at, error in rows:
-        slots[meter].setdefault(math.floor(at), []).append(error)
-    first = max(min(s) for s in slots.values())
-    last = min(max(s) for s in slots.values())
-    assert last - first + 1 >= 10
-    for name, by_slot in slots.items():
-        for k in range(first, last + 1):
-            (error,) = by_slot.get(k, [None, None])  # exactly one row in each slot
-            if name == "absent":
-                assert error is not None and error.startswith("timeout: no answer from unit 7 on "), error
-            else:
-                assert error is None, (name, k, error)
-    assert sim126.requests >= last - first + 1 and sim2.requests >= last - first + 1
+    rows = rows_by_meter(tmp_path / "buffer.sqlite3")
+    slots = common_slots(rows, 1.0)
+    assert len(slots) >= 10
+    for name in ("pac126", "pac2", "absent"):
+        errors = one_row_per_slot(rows[name], slots, 1.0)
+        if name == "absent":
+            assert all(e is not None and e.startswith("timeout: no answer from unit 7 on ") for e in errors)
+        else:
+            assert errors == [None] * len(slots), name
+    assert sim126.requests >= len(slots) and sim2.requests >= len(slots)
 
 
 def test_a_line_over_its_time_budget_is_refused_with_the_numbers(tmp_path: Path, logger_db: LoggerDB) -> None:

@@ -5,7 +5,6 @@ progress, and no pings while one hangs (so systemd's WatchdogSec= would restart 
 from __future__ import annotations
 
 import itertools
-import os
 import shutil
 import signal
 import socket
@@ -15,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, meter_toml, write_config
+from conftest import ROOT, meter_toml, start_edgelog, write_config
 
 from edgelog.simulate import Pac3100Simulator, SimulatorThread
 
@@ -109,21 +108,9 @@ def _hung_bus(tmp_path, simulator, sim2, logger_db) -> None:
         meter_toml(simulator.port, interval_s=0.5),
         meter_toml(sim2.port, name="pac2", interval_s=0.5),
     )
-    env = dict(
-        os.environ,
-        NOTIFY_SOCKET=str(notify),
-        WATCHDOG_USEC="1000000",
-        PYTHONPATH=f"{ROOT / 'tests' / 'inject'}{os.pathsep}{ROOT}",
-        EDGELOG_TEST_FAULT=f"hang:{hang}",
-    )
     log = tmp_path / "run.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "edgelog", "--config", str(config), "run"],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
+    watchdog = {"NOTIFY_SOCKET": str(notify), "WATCHDOG_USEC": "1000000"}
+    proc = start_edgelog("run", config=config, log=log, fault=f"hang:{hang}", env=watchdog)
     try:
         healthy = _messages(sock, 4.0)
         texts = [m for _, m in healthy]

@@ -9,27 +9,14 @@ loop, a BaseException the worker does not catch, or a loop that just returns.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, LoggerDB, meter_toml, wait_for, write_config
+from conftest import LoggerDB, meter_toml, start_edgelog, wait_for, write_config
 
 from edgelog.buffer import Buffer
 from edgelog.simulate import SimulatorThread
-
-INJECT = ROOT / "tests" / "inject"
-
-
-def run_with_fault(config: Path, log: Path, fault: str) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, PYTHONPATH=f"{INJECT}{os.pathsep}{ROOT}", EDGELOG_TEST_FAULT=fault)
-    env.pop("NOTIFY_SOCKET", None)
-    cmd = [sys.executable, "-m", "edgelog", "--config", str(config), "run"]
-    with log.open("wb") as out:
-        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
 
 
 @pytest.mark.parametrize(
@@ -47,7 +34,7 @@ def test_a_thread_that_ends_stops_the_process_with_exit_1_and_says_why(
     config = write_config(tmp_path, logger_db.toml(), meter_toml(simulator.port, interval_s=0.2))
     log = tmp_path / "run.log"
     started = time.monotonic()
-    proc = run_with_fault(config, log, fault)
+    proc = start_edgelog("run", config=config, log=log, fault=fault)
     try:
         status = proc.wait(60)
     finally:
@@ -75,16 +62,7 @@ def test_without_a_fault_the_hook_changes_nothing(
     """The same hook directory on PYTHONPATH, EDGELOG_TEST_FAULT unset: a normal run, exit 0."""
     config = write_config(tmp_path, logger_db.toml(), meter_toml(simulator.port, interval_s=0.2))
     log = tmp_path / "run.log"
-    env = dict(os.environ, PYTHONPATH=f"{INJECT}{os.pathsep}{ROOT}")
-    env.pop("EDGELOG_TEST_FAULT", None)
-    env.pop("NOTIFY_SOCKET", None)
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "edgelog", "--config", str(config), "run"],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
+    proc = start_edgelog("run", config=config, log=log, fault="")
     try:
         wait_for(lambda: len(simulator.sim.served) >= 5, what="5 polls")
         assert proc.poll() is None, log.read_text()
