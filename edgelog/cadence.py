@@ -107,15 +107,17 @@ class GridJob(schedule.Job):
         return now >= self.due_at
 
     def run(self) -> object:
-        now, mono = self.clock.wall(), self.clock.monotonic()
-        late = self.due_at is not None and now >= self.due_at + self.interval_s
-        if late and abs(self._step(now, mono)) <= JUMP_THRESHOLD_S:
+        now, mono, due = self.clock.wall(), self.clock.monotonic(), self.due_at
+        if (
+            due is not None
+            and now >= due + self.interval_s
+            and abs(self._step(now, mono)) <= JUMP_THRESHOLD_S
+        ):
             # Its whole slot passed before it could start (a job before it on this thread
             # overran; `schedule` decides what is due before running any): run for the slot
             # it is in now; the slots passed are missed.
-            assert self.due_at is not None
             current = next_boundary(now, self.interval_s) - self.interval_s
-            self._missed(self.due_at, current)
+            self._missed(due, current)
             self._set_due(current, now, mono)
         self.running = True
         try:
