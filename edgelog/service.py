@@ -539,6 +539,8 @@ class Service:
                 log.error(
                     "bus %s: its thread does not stop (a poll hangs); its reading is lost", poller.label
                 )
+        for meter, n in self.skips.skipped.items():
+            log.warning("meter %s: %d slot(s) skipped in all (stored as gaps %r)", meter, n, SKIPPED)
         if self.writer.is_alive():
             self.writer.stop()  # every reading taken is committed
         elif self.writer.pending():
