@@ -150,6 +150,16 @@ class Logger:
         return result.stdout
 
 
+SKIPPED_IN_ALL = re.compile(r"meter \S+: (\d+) slot\(s\) skipped in all")
+
+
+def skipped_slots(logger: Logger) -> int:
+    """Slots `edgelog run` skipped (its bus too busy: a loaded machine at a short interval),
+    each stored as a gap row `skipped: poll overran`: rows that are no poll. From the summary
+    every run logs at its stop."""
+    return sum(int(m[1]) for m in map(SKIPPED_IN_ALL.search, logger.text().splitlines()) if m)
+
+
 def started_logger(tmp_path: Path, config: Path, buffer: Path | None = None) -> Logger:
     return Logger(config=config, log=tmp_path / "run.log", buffer=buffer or tmp_path / "buffer.sqlite3")
 
