@@ -15,7 +15,9 @@ import json
 import math
 import os
 import stat
+import threading
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,20 @@ from .profiles import (
 DEFAULT_PATH = Path("/etc/edgelog/edgelog.toml")
 ENV_VAR = "EDGELOG_CONFIG"
 _REQUIRED = object()
+
+#: The longest wait any key may ask for (sync pauses and backoffs): a day, far below
+#: threading.TIMEOUT_MAX, the most `Event.wait()` accepts (past it: OverflowError).
+MAX_WAIT_S = min(86_400.0, threading.TIMEOUT_MAX)
+#: The smallest `[buffer] max_mb`: the WAL's bound at its smallest (16 pages) and the
+#: 256 KiB the buffer keeps for a prune (buffer/store.py: RESERVE_EXTRA), the empty
+#: database's own pages, and room for a few rows (tests/test_config.py checks it).
+MIN_MAX_MB = 0.5
+MAX_MAX_MB = 1_000_000.0  # about a terabyte
+#: A meter's answer timeout: what the default is and why.
+#: A PAC3100 at 19200 baud answers one 40-register read in about 60 ms (85 bytes of 11
+#: bits on the wire, 49 ms, plus its turnaround), so 0.3 s is five times that, and
+#: three meters on one line fit in a 1 s interval even when all three are silent.
+DEFAULT_TIMEOUT_S = 0.3
 
 
 @dataclass(frozen=True)
@@ -110,15 +126,7 @@ class MariaDBConfig:
         if self.password_file is None:
             return None
         check_private_file(self.password_file, "[mariadb] password_file", owner_only=True)
-        try:
-            text = self.password_file.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(
-                f"[mariadb] password_file: cannot read {self.password_file}: {exc.strerror}"
-            ) from None
-        except UnicodeDecodeError:
-            raise ConfigError(f"[mariadb] password_file: {self.password_file} is not UTF-8 text") from None
-        return text.split("\n", 1)[0].rstrip("\r")  # the first line, as documented
+        return password_line(self.password_file)
 
 
 @dataclass(frozen=True)
@@ -180,10 +188,67 @@ class MeterConfig:
     retries: int = 0
 
     def bus_key(self) -> tuple[Any, ...]:
-        """Meters with the same key share one connection (one RS485 line, one TCP gateway)."""
+        """Meters with the same key share one connection (one RS485 line, one TCP gateway).
+        Meters on one serial device must agree on its line settings (`parse` checks it)."""
         if self.transport == "rtu":
             return ("rtu", self.device, self.baudrate, self.bytesize, self.parity, self.stopbits)
         return ("tcp", self.host, self.port)
+
+    def bus_label(self) -> str:
+        """The bus as an operator names it: `/dev/ttyUSB0 (19200 8N2)`, `10.0.0.7:502`."""
+        if self.transport == "rtu":
+            return f"{self.device} ({self.baudrate} {self.bytesize}{self.parity}{self.stopbits})"
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class BusBudget:
+    """The meters on one bus and the longest a round of their polls can take.
+
+    One client serves a bus, so every request on it waits as long as the most patient
+    of its meters: the longest `timeout_s`, the most `retries`. A meter that does not
+    answer costs that once per poll (its first unanswered request ends the poll)."""
+
+    label: str
+    meters: tuple[MeterConfig, ...]
+
+    @property
+    def timeout_s(self) -> float:
+        return max(m.timeout_s for m in self.meters)
+
+    @property
+    def retries(self) -> int:
+        return max(m.retries for m in self.meters)
+
+    @property
+    def worst_s(self) -> float:
+        """Every meter on the bus silent: each poll waits timeout_s × (1 + retries)."""
+        return len(self.meters) * self.timeout_s * (1 + self.retries)
+
+    @property
+    def shortest(self) -> MeterConfig:
+        return min(self.meters, key=lambda m: m.interval_s)
+
+    def problem(self) -> str | None:
+        """Why a silent meter on this bus would cost another one (or itself) a slot, or None."""
+        short = self.shortest
+        if self.worst_s < short.interval_s:
+            return None
+        names = ", ".join(m.name for m in self.meters)
+        return (
+            f"bus {self.label} with {names}: {len(self.meters)} meter(s) × timeout_s {self.timeout_s:g} s "
+            f"× (1 + retries {self.retries}) = {self.worst_s:g} s, which must be less than the "
+            f"shortest interval_s on the bus ({short.interval_s:g} s, meter {short.name}); lower "
+            "timeout_s or retries, raise interval_s, or move a meter to another bus"
+        )
+
+
+def bus_budgets(meters: Sequence[MeterConfig]) -> list[BusBudget]:
+    """The buses of `meters`, in order of their first meter, each with its meters in order."""
+    buses: dict[tuple[Any, ...], list[MeterConfig]] = {}
+    for meter in meters:
+        buses.setdefault(meter.bus_key(), []).append(meter)
+    return [BusBudget(group[0].bus_label(), tuple(group)) for group in buses.values()]
 
 
 @dataclass(frozen=True)
@@ -220,6 +285,10 @@ def check_private_file(path: Path, what: str, owner_only: bool = False) -> None:
     file), the group may not read it either: only the service user may."""
     try:
         mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{what}: {path} does not exist; create it, readable by the service user only (chmod 600)"
+        ) from None
     except OSError as exc:
         raise ConfigError(f"{what}: cannot read {path}: {exc.strerror}") from None
     if mode & stat.S_IROTH:
@@ -233,12 +302,61 @@ def check_private_file(path: Path, what: str, owner_only: bool = False) -> None:
     )
 
 
+def read_regular_file(path: Path, limit: int = 1 << 20) -> bytes:
+    """The bytes of a small regular file. Anything else is refused before it is opened
+    (a FIFO would block the read forever, a device may never end), and the file is
+    opened non-blocking and checked again, so one swapped in meanwhile cannot hang us.
+    Raises OSError, or ValueError saying what the path is instead."""
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):
+        raise ValueError(f"{path} is {_file_kind(mode)}, not a regular file")
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as file:
+        mode = os.fstat(file.fileno()).st_mode
+        if not stat.S_ISREG(mode):
+            raise ValueError(f"{path} is {_file_kind(mode)}, not a regular file")
+        data = file.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"{path} is larger than {limit} bytes")
+    return data
+
+
+def _file_kind(mode: int) -> str:
+    kinds = [
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ]
+    return next((name for test, name in kinds if test(mode)), "not a file")
+
+
+def password_line(path: Path, what: str = "[mariadb] password_file") -> str:
+    """The first line of a password file (the rest may be comments): never empty."""
+    try:
+        text = read_regular_file(path, limit=64 * 1024).decode("utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{what}: cannot read {path}: {exc.strerror}") from None
+    except ValueError as exc:  # UnicodeDecodeError is one too
+        problem = (
+            "is not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else str(exc).removeprefix(f"{path} ")
+        )
+        raise ConfigError(f"{what}: {path} {problem}") from None
+    line = text.split("\n", 1)[0].rstrip("\r")  # the first line, as documented
+    if not line:
+        raise ConfigError(f"{what}: {path} has an empty first line; the password must be on it")
+    return line
+
+
 def load(path: Path) -> Config:
     """Read and validate the config file at `path`."""
     try:
-        raw = path.read_bytes()
+        raw = read_regular_file(path, limit=16 << 20)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from None
+    except ValueError as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc}") from None
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
@@ -246,7 +364,23 @@ def load(path: Path) -> Config:
     config = parse(data, source=str(path))
     if config.mariadb.password is not None:
         check_private_file(path, f"{path}: [mariadb] password")
+    if config.mariadb.password_file is not None:
+        _check_password_file(config.mariadb.password_file, f"{path}: [mariadb] password_file")
     return replace(config, path=path)
+
+
+def _check_password_file(path: Path, what: str) -> None:
+    """At load, what no retry can fix: not a regular file, or no password on its first
+    line. A missing or too open file is not refused here: `run` keeps logging meanwhile,
+    and the sync worker and sync-status report it (DEGRADED, with the fix)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    if not stat.S_ISREG(mode):
+        raise ConfigError(f"{what}: {path} is {_file_kind(mode)}, not a regular file")
+    if os.access(path, os.R_OK):
+        password_line(path, what)
 
 
 def parse(data: dict[str, Any], source: str = "<config>") -> Config:
@@ -271,6 +405,10 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Config:
         if names.count(name) > 1:
             raise top.error("meters", f"meter name {name!r} is used twice")
     _check_column_units(source, meters)
+    _check_lines(source, meters)
+    for budget in bus_budgets(meters):
+        if problem := budget.problem():
+            raise ConfigError(f"{source}: [meters] {problem}")
     return Config(
         site=site, meters=meters, mariadb=mariadb, buffer=buffer, sync=sync, clock=clock, plant=plant
     )
@@ -279,9 +417,9 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Config:
 def _parse_buffer(t: _Table) -> BufferConfig:
     d = BufferConfig()
     cfg = BufferConfig(
-        path=Path(t.get("path", str, d.path.as_posix())),
-        max_mb=t.get("max_mb", float, d.max_mb, check=_positive),
-        keep_sent_days=t.get("keep_sent_days", float, d.keep_sent_days, check=_non_negative),
+        path=Path(t.get("path", str, d.path.as_posix(), check=_non_empty)),
+        max_mb=t.get("max_mb", float, d.max_mb, check=_range(MIN_MAX_MB, MAX_MAX_MB)),
+        keep_sent_days=t.get("keep_sent_days", float, d.keep_sent_days, check=_range(0, 3650)),
         when_full=t.get("when_full", str, d.when_full, check=_one_of("drop_oldest", "drop_newest")),
     )
     t.done()
@@ -290,7 +428,7 @@ def _parse_buffer(t: _Table) -> BufferConfig:
 
 def _parse_mariadb(t: _Table) -> MariaDBConfig:
     password = t.get("password", str, None)
-    password_file = t.get("password_file", str, None)
+    password_file = t.get("password_file", str, None, check=_non_empty)
     if password is not None and password_file is not None:
         raise t.error("password", "give either password or password_file, not both")
     hosts = _parse_hosts(t)
@@ -300,13 +438,13 @@ def _parse_mariadb(t: _Table) -> MariaDBConfig:
         port=t.get("port", int, 3306, check=_port),
         unix_socket=t.get("unix_socket", str, None),
         password=password,
-        password_file=Path(password_file) if password_file else None,
+        password_file=Path(password_file) if password_file is not None else None,
         database=t.get("database", str, "chapada_imperial", check=_sql_name),
         table=t.get("table", str, "medicoes", check=_sql_name),
         batch_size=t.get("batch_size", int, 2000, check=_range(1, 100_000)),
-        connect_timeout_s=t.get("connect_timeout_s", float, 10.0, check=_positive),
-        read_timeout_s=t.get("read_timeout_s", float, 30.0, check=_positive),
-        write_timeout_s=t.get("write_timeout_s", float, 30.0, check=_positive),
+        connect_timeout_s=t.get("connect_timeout_s", float, 10.0, check=_range(0.1, 3600)),
+        read_timeout_s=t.get("read_timeout_s", float, 30.0, check=_range(0.1, 3600)),
+        write_timeout_s=t.get("write_timeout_s", float, 30.0, check=_range(0.1, 3600)),
         ssl_ca=_opt_path(t.get("ssl_ca", str, None)),
         ssl_cert=_opt_path(t.get("ssl_cert", str, None)),
         ssl_key=_opt_path(t.get("ssl_key", str, None)),
@@ -406,9 +544,9 @@ def parse_address(text: str, default_port: int = 3306) -> tuple[str, int] | str:
 
 def _parse_sync(t: _Table) -> SyncConfig:
     cfg = SyncConfig(
-        interval_s=t.get("interval_s", float, 5.0, check=_positive),
-        backoff_initial_s=t.get("backoff_initial_s", float, 1.0, check=_positive),
-        backoff_max_s=t.get("backoff_max_s", float, 300.0, check=_positive),
+        interval_s=t.get("interval_s", float, 5.0, check=_range(0.05, MAX_WAIT_S)),
+        backoff_initial_s=t.get("backoff_initial_s", float, 1.0, check=_range(0.05, MAX_WAIT_S)),
+        backoff_max_s=t.get("backoff_max_s", float, 300.0, check=_range(0.05, MAX_WAIT_S)),
         quarantine_after=t.get("quarantine_after", int, 3, check=_range(1, 1000)),
     )
     t.done()
@@ -456,7 +594,7 @@ def _parse_meter(t: _Table) -> MeterConfig:
         registers=registers,
         unit_id=t.get("unit_id", int, profile.unit_id, check=_range(0, 247)),
         interval_s=t.get("interval_s", float, 1.0, check=_range(0.05, 86_400)),
-        timeout_s=t.get("timeout_s", float, 1.0, check=_range(0.05, 60)),
+        timeout_s=t.get("timeout_s", float, DEFAULT_TIMEOUT_S, check=_range(0.01, 60)),
         bridge_gaps=t.get("bridge_gaps", bool, profile.bridge_gaps),
         max_gap=t.get("max_gap", int, profile.max_gap, check=_range(0, MAX_REGISTERS_PER_READ)),
         retries=t.get("retries", int, 0, check=_range(0, 5)),
@@ -512,6 +650,21 @@ def _check_column_units(source: str, meters: tuple[MeterConfig, ...]) -> None:
                     f"meter {other_meter!r} but {reg.unit!r} on meter {meter.name!r}"
                 )
             seen.setdefault(reg.name, (reg.unit, meter.name))
+
+
+def _check_lines(source: str, meters: tuple[MeterConfig, ...]) -> None:
+    """Meters on one serial device share its line settings: one device, one bus."""
+    first: dict[str, MeterConfig] = {}
+    for meter in meters:
+        if meter.transport != "rtu" or meter.device is None:
+            continue
+        other = first.setdefault(meter.device, meter)
+        if other.bus_key() != meter.bus_key():
+            raise ConfigError(
+                f"{source}: [meters] meter {meter.name!r} uses {meter.bus_label()} but meter "
+                f"{other.name!r} {other.bus_label()}: meters on one serial device share its "
+                "baudrate, bytesize, parity and stopbits"
+            )
 
 
 # -- the table reader ------------------------------------------------------------------
@@ -584,9 +737,14 @@ def _show(value: Any) -> str:
 
 def _range(lo: float, hi: float):
     def check(v: float) -> str | None:
-        return None if lo <= v <= hi else f"must be {lo}–{hi}"
+        return None if lo <= v <= hi else f"must be {_num(lo)}–{_num(hi)}"
 
     return check
+
+
+def _num(x: float) -> str:
+    """A bound as a person writes it: 86400, not 86400.0; 0.05 as is."""
+    return str(int(x)) if float(x).is_integer() else repr(x)
 
 
 def _one_of(*choices: str):
@@ -594,14 +752,6 @@ def _one_of(*choices: str):
         return None if v in choices else f"must be one of {', '.join(map(repr, choices))}"
 
     return check
-
-
-def _positive(v: float) -> str | None:
-    return None if v > 0 and math.isfinite(v) else "must be a positive number"
-
-
-def _non_negative(v: float) -> str | None:
-    return None if v >= 0 and math.isfinite(v) else "must be zero or more"
 
 
 def _finite_nonzero(v: float) -> str | None:
@@ -617,7 +767,7 @@ def _port(v: int) -> str | None:
 
 
 def _baudrate(v: int) -> str | None:
-    return None if 300 <= v <= 1_000_000 else "must be a baud rate such as 9600 or 19200"
+    return None if 300 <= v <= 1_000_000 else "must be 300–1000000, a baud rate such as 9600 or 19200"
 
 
 def _identifier_like(v: str) -> str | None:

@@ -14,7 +14,7 @@ from pathlib import Path
 from . import clock
 from . import config as config_mod
 from .buffer import Buffer
-from .errors import EdgelogError
+from .errors import EdgelogError, MeterBadAnswer, MeterError, MeterExceptionResponse
 from .meter import close_meters, open_meters
 from .sync import MariaDBSink, wire
 from .sync.connect import pymysql_version
@@ -86,17 +86,10 @@ def _meters(cfg: config_mod.Config) -> Iterator[Check]:
     meters = open_meters(cfg.meters)
     try:
         for meter in meters:
-            c = meter.config
             try:
                 reading = meter.read()
-            except EdgelogError as exc:
-                fix = (
-                    f"check A/B wiring and termination; on the PAC3100 front panel: address {c.unit_id}, "
-                    f"{c.baudrate} baud, parity {c.parity}, {c.stopbits} stop bits"
-                    if c.transport == "rtu"
-                    else f"check that {c.host}:{c.port} answers and the unit id is {c.unit_id}"
-                )
-                yield Check("FAIL", f"meter {meter.name}", str(exc), fix)
+            except MeterError as exc:
+                yield Check("FAIL", f"meter {meter.name}", str(exc), meter_fix(meter.config, exc))
                 continue
             shown = ", ".join(
                 f"{k}={v:.1f}"
@@ -110,6 +103,33 @@ def _meters(cfg: config_mod.Config) -> Iterator[Check]:
             )
     finally:
         close_meters(meters)
+
+
+def meter_fix(c: config_mod.MeterConfig, exc: MeterError) -> str:
+    """What to check for a failed poll: an exception answer means the line works."""
+    if isinstance(exc, MeterExceptionResponse):
+        return (
+            f"the meter answered, so wiring and line settings work; check the register map "
+            f"(profile {c.profile!r}, [[meters.registers]] addresses and function) and that "
+            f"unit id {c.unit_id} is this meter"
+        )
+    line = (
+        f"unit id {c.unit_id}, {c.baudrate} baud, parity {c.parity}, {c.stopbits} stop bits "
+        "(on the PAC3100 front panel)"
+    )
+    if isinstance(exc, MeterBadAnswer):
+        where = "" if c.transport == "rtu" else f" behind {c.host}:{c.port}"
+        return (
+            f"something answered{where}, but not validly: line noise or missing termination, "
+            f"two devices with unit id {c.unit_id}, or a device that is not a {c.profile}"
+        )
+    if c.transport == "rtu":
+        return f"no answer: check A/B wiring and termination (120 Ω at both ends), then {line}"
+    return (
+        f"no answer: check that {c.host}:{c.port} is reachable and speaks Modbus TCP, and unit id "
+        f"{c.unit_id}; for a meter behind a serial gateway, also its wiring, termination, baud, "
+        "parity and stop bits"
+    )
 
 
 def _buffer(cfg: config_mod.Config) -> Iterator[Check]:

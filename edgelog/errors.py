@@ -21,17 +21,28 @@ class ConfigError(EdgelogError):
 
 
 class MeterError(EdgelogError):
-    """A poll failed. Recorded as a gap; the next poll tries again."""
+    """A poll failed. Recorded as a gap; the next poll tries again.
+
+    The message starts with its cause, the part before the first ": " (`timeout`,
+    `no connection`, `exception 02 illegal data address`, `bad answer`): sync-status
+    counts gaps by it."""
 
     retryable = True
 
 
 class MeterTimeout(MeterError):
-    """The meter did not answer in time (or the bus/TCP link is down)."""
+    """Nothing came back: the meter did not answer in time, or the bus (serial device,
+    TCP link) is down. Wiring, termination, unit id or line settings."""
 
 
 class MeterExceptionResponse(MeterError):
-    """The meter answered with a Modbus exception (e.g. illegal data address)."""
+    """The meter answered with a Modbus exception (e.g. illegal data address): the line
+    works; the request asked for something the meter refuses."""
+
+
+class MeterBadAnswer(MeterError):
+    """Something came back that is not a valid answer to the request: another function
+    code, another unit, a wrong byte count, a CRC error or line noise."""
 
 
 class BufferError(EdgelogError):

@@ -6,7 +6,10 @@ Health
   (MariaDB or its link has been away too long, or the worker cannot keep up), or
   when a meter of the config has had no successful reading for more than
   `silent_intervals` of its sampling intervals (meter, wiring or `edgelog run`
-  down), or when the clock is implausible (before 2026: every age is wrong);
+  down), or when the clock is implausible (before 2026: every age is wrong), or
+  at once when the configuration has a problem no retry can fix (the password
+  file missing, readable by others, not a file or empty), seen here or recorded
+  by the sync worker (`last_error_kind = "config"`), with the fix;
 * **healthy** (exit 0) otherwise. MariaDB being unreachable *now* is not by itself
   degraded: readings wait in the buffer, that is the design; it becomes degraded
   through the backlog's age;
@@ -24,6 +27,7 @@ MariaDB and the kernel's clock state. Nothing is written.
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -33,11 +37,11 @@ from typing import Any
 from . import clock, human
 from .buffer import Buffer
 from .clock import utc_text
-from .config import Config
-from .errors import EdgelogError
+from .config import Config, MariaDBConfig, check_private_file, password_line
+from .errors import ConfigError, EdgelogError
 from .sync import MariaDBSink
 from .sync.nodes import NODE_KEY, NODES_FAILED_KEY, parse_failed
-from .sync.worker import SYNC_PATH_KEY
+from .sync.worker import ERROR_KIND_KEY, SYNC_PATH_KEY
 
 #: Default of `--max-lag`: a backlog older than this is degraded.
 DEFAULT_MAX_LAG_S = 1800.0
@@ -46,6 +50,8 @@ DEFAULT_SILENT_INTERVALS = 10
 #: Meta key the sync worker keeps: rows/s it achieved writing its last non-empty batch.
 SYNC_RATE_KEY = "sync_rate_rows_per_s"
 HOUR_S = 3600.0
+#: The cause of a gap row: its `error` up to the first ": " (meter.py, service.SKIPPED).
+CAUSE_MAX_CHARS = 48
 
 
 @dataclass
@@ -57,7 +63,14 @@ class MeterState:
     last_poll_error: str | None = None
     polls_last_hour: int = 0
     failed_polls_last_hour: int = 0
+    #: gap rows of the last hour by cause: "timeout", "exception 02 illegal data address",
+    #: "skipped" (a slot its bus was too busy to poll), ...
+    gaps_last_hour: dict[str, int] = field(default_factory=dict)
     silent: bool = False
+
+    @property
+    def skipped_last_hour(self) -> int:
+        return self.gaps_last_hour.get("skipped", 0)
 
     def age_s(self, now: float) -> float | None:
         return None if self.last_reading_at is None else now - self.last_reading_at
@@ -86,6 +99,8 @@ class Health:
     mariadb_nodes_failed: dict[str, dict[str, Any]] = field(default_factory=dict)
     clock_synchronised: bool | None = None
     clock_plausible: bool = True
+    #: a configuration problem no retry can fix, with its fix (None: none seen)
+    config_problem: str | None = None
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -134,6 +149,7 @@ class Health:
                 label: {"error": f.get("error"), "since": _iso(_float_or_none(f.get("at")))}
                 for label, f in self.mariadb_nodes_failed.items()
             },
+            config_problem=self.config_problem,
             state=self.state,
             problems=list(self.problems),
             warnings=list(self.warnings),
@@ -158,6 +174,8 @@ class Health:
                     "last_poll_error": m.last_poll_error,
                     "polls_last_hour": m.polls_last_hour,
                     "failed_polls_last_hour": m.failed_polls_last_hour,
+                    "gaps_last_hour": dict(m.gaps_last_hour),
+                    "skipped_last_hour": m.skipped_last_hour,
                     "silent": m.silent,
                 }
                 for m in self.meters
@@ -193,6 +211,7 @@ def evaluate(
         rate = _float_or_none(buffer.get_meta(SYNC_RATE_KEY))
         sync_path = buffer.get_meta(SYNC_PATH_KEY)
         node, failed = buffer.get_meta(NODE_KEY), parse_failed(buffer.get_meta(NODES_FAILED_KEY))
+        recorded_kind = buffer.get_meta(ERROR_KIND_KEY)
     finally:
         buffer.close()
     health = Health(
@@ -208,6 +227,9 @@ def evaluate(
         mariadb_node=node,
         mariadb_nodes_failed=failed,
     )
+    health.config_problem = password_problem(cfg.mariadb)
+    if health.config_problem is None and recorded_kind == "config" and status.last_error:
+        health.config_problem = status.last_error  # what `run` sees, as its user
     try:
         usage = shutil.disk_usage(Path(cfg.buffer.path).parent)
         health.disk_free_bytes, health.disk_total_bytes = usage.free, usage.total
@@ -218,6 +240,8 @@ def evaluate(
         try:
             sink.ping()
             health.mariadb_reachable = True
+        except ConfigError as exc:  # not asked: e.g. this user may not read the password file
+            health.mariadb_error = f"not checked: {exc}"
         except EdgelogError as exc:
             health.mariadb_reachable, health.mariadb_error = False, str(exc)
         finally:
@@ -226,6 +250,27 @@ def evaluate(
     health.clock_plausible = now >= clock.EARLIEST_PLAUSIBLE
     judge(health)
     return health
+
+
+def password_problem(c: MariaDBConfig) -> str | None:
+    """What is wrong with the password file for any user, with the fix (missing, readable
+    by others, not a regular file, empty), or None. A file this user may not read is not
+    a problem: the service user may."""
+    if c.password_file is None:
+        return None
+    try:
+        os.stat(c.password_file)
+    except PermissionError:
+        return None
+    except OSError:
+        pass  # check_private_file says what
+    try:
+        check_private_file(c.password_file, "[mariadb] password_file", owner_only=True)
+        if os.access(c.password_file, os.R_OK):
+            password_line(c.password_file)
+    except ConfigError as exc:
+        return str(exc)
+    return None
 
 
 def _float_or_none(text: Any) -> float | None:
@@ -244,14 +289,17 @@ def _meters(buffer: Buffer, cfg: Config, now: float, silent_intervals: float) ->
     expected = sum(HOUR_S / m.interval_s for m in cfg.meters) if cfg.meters else 3600.0
     limit = int(min(2 * expected + 1000, 2_000_000))
     recent = db.execute_sql(
-        "SELECT meter, measured_at, error IS NOT NULL FROM readings ORDER BY seq DESC LIMIT ?", (limit,)
+        "SELECT meter, measured_at, error FROM readings ORDER BY seq DESC LIMIT ?", (limit,)
     )
-    for meter, at, failed in recent:
+    for meter, at, error in recent:
         if at < now - HOUR_S or at > now + 60:
             continue
         state = states.setdefault(meter, MeterState(meter, None))
         state.polls_last_hour += 1
-        state.failed_polls_last_hour += int(failed)
+        if error is not None:
+            state.failed_polls_last_hour += 1
+            cause = gap_cause(error)
+            state.gaps_last_hour[cause] = state.gaps_last_hour.get(cause, 0) + 1
     for name, state in states.items():
         row = db.execute_sql(
             "SELECT measured_at FROM readings WHERE meter = ? AND error IS NULL ORDER BY seq DESC LIMIT 1",
@@ -269,9 +317,17 @@ def _meters(buffer: Buffer, cfg: Config, now: float, silent_intervals: float) ->
     return list(states.values())
 
 
+def gap_cause(error: str) -> str:
+    """The cause of a gap row: its `error` up to the first ": " (`timeout`, `no connection`,
+    `exception 02 illegal data address`, `bad answer`, `skipped`)."""
+    return _clip(error.partition(": ")[0], CAUSE_MAX_CHARS)
+
+
 def judge(health: Health) -> None:
     """Fill `problems` (degraded) and `warnings` (shown only)."""
     h = health
+    if h.config_problem:
+        h.problems.append(f"configuration: {h.config_problem}")
     if not h.clock_plausible:
         h.problems.append(f"the clock says {human.instant(h.now)}, before 2026: it restarted in the past")
     lag = h.lag_s
@@ -292,6 +348,8 @@ def judge(health: Health) -> None:
             )
     if h.mariadb_reachable is False and (lag is None or lag <= h.max_lag_s):
         h.warnings.append("MariaDB unreachable now; readings wait in the buffer")
+    if h.mariadb_reachable is None and h.mariadb_error and not h.config_problem:
+        h.warnings.append(f"MariaDB {h.mariadb_error}")
     if h.clock_synchronised is False and h.clock_plausible:
         h.warnings.append("clock not synchronised: new readings are flagged clock_ok=0")
     for key, value in h.buffer.items():
@@ -353,6 +411,11 @@ def render(h: Health, colour: bool = False) -> str:
         elif m.interval_s is None:
             text += "  (not in config)"
         lines.append(text)
+        if m.gaps_last_hour:
+            causes = sorted(m.gaps_last_hour.items(), key=lambda kv: (-kv[1], kv[0]))
+            shown = ", ".join(f"{human.count(n)} {cause}" for cause, n in causes[:3])
+            more = f", {len(causes) - 3} more causes" if len(causes) > 3 else ""
+            lines.append(f"{'':26}gaps (1 h): {_clip(shown + more, 54)}")
         if m.last_poll_error and (m.last_reading_at is None or (m.last_poll_at or 0) > m.last_reading_at):
             lines.append(f"{'':26}last poll failed: {_clip(m.last_poll_error, 50)}")
     lines.append("")

@@ -75,6 +75,10 @@ class Writer:
     def pending(self) -> int:
         return self._queue.qsize()
 
+    def is_alive(self) -> bool:
+        """The thread runs (False before start, after stop, and after it died)."""
+        return self._thread is not None and self._thread.is_alive()
+
     def put(self, reading: NewReading) -> Handoff:
         handoff = Handoff(reading)
         self._queue.put(handoff)  # blocks only with max_pending items waiting

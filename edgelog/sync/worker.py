@@ -35,7 +35,7 @@ from typing import Any
 
 from ..buffer import Buffer
 from ..config import SyncConfig
-from ..errors import EdgelogError, SinkRejected, SinkTooLarge, SinkUnavailable
+from ..errors import ConfigError, EdgelogError, SinkRejected, SinkTooLarge, SinkUnavailable
 from .fit import BatchFit
 from .nodes import NODE_KEY, NODES_FAILED_KEY
 from .sink import Sink
@@ -46,6 +46,12 @@ Row = Sequence[Any]
 #: Buffer meta key: how the sink writes backlog batches ("binary", or "plain (why)"),
 #: kept for `sync-status`, which runs in another process.
 SYNC_PATH_KEY = "sync_path"
+
+#: Buffer meta key beside `last_error`: what kind of error it is, for sync-status.
+#: "config": no retry can succeed until someone fixes the configuration (the password
+#: file missing, readable by others, empty); "sink": MariaDB unreachable or refusing,
+#: retried with backoff; "internal": an unexpected error of the worker itself.
+ERROR_KIND_KEY = "last_error_kind"
 
 
 class SyncWorker:
@@ -72,6 +78,7 @@ class SyncWorker:
         self._noted_path: str | None = None
         self.fit = BatchFit(batch_size)  # rows a batch may hold (fewer once one was too large)
         self._nodes_recorded: tuple[str | None, str] | None = None
+        self._error_kind = buffer.get_meta(ERROR_KIND_KEY)  # as recorded in the buffer
 
     def _prepare(self) -> None:
         """Once per connection: make the table fit, and skip what the sink already has."""
@@ -239,6 +246,7 @@ class SyncWorker:
         finally:
             self._record_nodes()
         self.buffer.record_sync_error(None, at=self.clock())
+        self._record_kind(None)
         return total
 
     def _too_large(self, n_rows: int, exc: SinkTooLarge) -> None:
@@ -298,7 +306,12 @@ class SyncWorker:
         return ceiling * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not crypto
 
     def run(self, stop: threading.Event) -> None:
-        """Until `stop` is set: drain, wait `interval_s`, repeat; back off while failing."""
+        """Until `stop` is set: drain, wait `interval_s`, repeat; back off while failing.
+
+        An error of a round (an EdgelogError, or any Exception: a bug in a round) is
+        logged, recorded for sync-status and retried after a backoff. Anything else that
+        escapes (a BaseException, a fault of this loop itself) ends the thread, and
+        `edgelog run` then stops with exit status 1 so that systemd restarts it."""
         while not stop.is_set():
             try:
                 self.drain(should_stop=stop.is_set, retry_rejected=False)
@@ -307,29 +320,56 @@ class SyncWorker:
                 self.failures = 0
                 self._logged_kinds.clear()
                 wait = self.config.interval_s
+            except ConfigError as exc:  # retried too: someone may fix the file meanwhile
+                self.failures += 1
+                wait = self.backoff_s()
+                self._report(exc, wait, "config")
             except EdgelogError as exc:
                 self.failures += 1
                 wait = self.backoff_s()
-                self._report(exc, wait)
-            except Exception as exc:  # never let the thread die: the poll loop needs no help
+                self._report(exc, wait, "sink")
+            except Exception as exc:  # a bug in one round: the next round may do better
                 self.failures += 1
                 wait = self.backoff_s()
                 if self.failures == 1:
                     log.exception("sync worker: unexpected error")
-                self._report(exc, wait)
+                self._report(exc, wait, "internal")
             stop.wait(wait)
         self.sink.close()
 
-    def _report(self, exc: BaseException, wait: float) -> None:
+    def _report(self, exc: BaseException, wait: float, kind: str) -> None:
         """Log a failure when a streak starts, for each different error in the streak, and
-        every 10th time: not once a retry, even when two errors alternate."""
+        every 10th time: not once a retry, even when two errors alternate. Record it (and
+        its kind) in the buffer for sync-status."""
         message = str(exc) or type(exc).__name__
-        kind = "".join(c for c in message if not c.isdigit())
-        if self.failures == 1 or self.failures % 10 == 0 or kind not in self._logged_kinds:
-            log.warning("sync: %s (failure %d in a row; next try in %.1f s)", message, self.failures, wait)
-            self._logged_kinds.add(kind)
+        shape = "".join(c for c in message if not c.isdigit())
+        if self.failures == 1 or self.failures % 10 == 0 or shape not in self._logged_kinds:
+            if kind == "config":
+                log.error(
+                    "sync: %s (no retry can succeed until this is fixed; trying again in %.1f s)",
+                    message,
+                    wait,
+                )
+            else:
+                log.warning(
+                    "sync: %s (failure %d in a row; next try in %.1f s)", message, self.failures, wait
+                )
+            self._logged_kinds.add(shape)
         try:
+            self._record_kind(kind)
             self.buffer.record_sync_error(message, at=self.clock())
         except EdgelogError as err:
             if self.failures == 1:
                 log.warning("sync: cannot record the error in the buffer: %s", err)
+
+    def _record_kind(self, kind: str | None) -> None:
+        """Keep `last_error_kind` in the buffer in step with `last_error` (a write only when
+        it changes: SD cards wear out)."""
+        if kind == self._error_kind:
+            return
+        try:
+            with self.buffer.db.atomic():
+                self.buffer.set_meta(ERROR_KIND_KEY, kind)
+        except Exception as exc:  # the buffer unwritable now: as for last_error, try next time
+            raise EdgelogError(f"cannot record the error kind: {exc}") from None
+        self._error_kind = kind
