@@ -45,8 +45,15 @@ from .nodes import Node
 
 log = logging.getLogger(__name__)
 
-#: Every session: times in UTC, strict mode (a bad value is an error, never clamped).
-INIT_COMMAND = "SET SESSION time_zone = '+00:00', sql_mode = 'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION'"
+#: Every session: times in UTC, strict mode (a bad value is an error, never clamped), and
+#: READ COMMITTED: the aggregates' INSERT ... SELECT then reads the raw rows as a consistent
+#: read, without shared next-key locks on them, so another logger's insert (on this server,
+#: or replicated from another Galera node, which would abort the holder with 1213) never
+#: meets a lock of ours; every read sees the latest committed rows.
+INIT_COMMAND = (
+    "SET SESSION time_zone = '+00:00', sql_mode = 'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION', "
+    "tx_isolation = 'READ-COMMITTED'"
+)
 
 
 class LocalInfileRefused(pymysql.err.OperationalError):
