@@ -41,16 +41,15 @@ import pymysql
 import pymysql.cursors
 
 from .buffer import Buffer
-from .clock import utc_text
+from .clock import utc_iso, utc_text
 from .config import Config, MariaDBConfig
 from .errors import EdgelogError
+from .profiles import RESERVED_COLUMNS
 from .progress import Progress
 from .sync.mariadb import MariaDBSink, quote
 
 #: Columns every exported row starts with, before the register columns.
 FIXED = ("measured_at", "site", "meter", "clock_ok", "error")
-#: edgelog's own MariaDB columns (not registers).
-OWN_COLUMNS = frozenset({"id", "site", "meter", "buffer_id", "seq", "measured_at", "clock_ok", "error"})
 CHUNK_ROWS = 5000
 
 Row = tuple[Any, ...]  # (measured_at: float, site, meter, clock_ok: bool, error, *values)
@@ -81,7 +80,7 @@ class Query:
 
     def __post_init__(self) -> None:
         if self.end <= self.start:
-            raise EdgelogError(f"the interval is empty: --to ({_iso(self.end)}) is not after --from")
+            raise EdgelogError(f"the interval is empty: --to ({utc_iso(self.end)}) is not after --from")
 
 
 class Source(Protocol):
@@ -200,7 +199,7 @@ class MariaDBSource:
             raise EdgelogError(
                 f"{self.label}: no table {self.config.table!r} (has anything been synced yet?)"
             )
-        return {name: comment for name, comment in rows if name not in OWN_COLUMNS}
+        return {name: comment for name, comment in rows if name not in RESERVED_COLUMNS}
 
     def _where(self) -> tuple[str, list[Any]]:
         q = self.query
@@ -266,10 +265,6 @@ def open_source(cfg: Config, query: Query, source: str) -> Source:
 # -- writers ---------------------------------------------------------------------------
 
 
-def _iso(ts: float) -> str:
-    return utc_text(ts, iso=True)
-
-
 def header(columns: Sequence[str], units: dict[str, str]) -> list[str]:
     return ["measured_at [UTC]", "site", "meter", "clock_ok", "error"] + [
         f"{c} [{units[c]}]" if units.get(c) else c for c in columns
@@ -283,7 +278,7 @@ class CsvWriter:
 
     def write(self, rows: list[Row]) -> None:
         self.out.writerows(
-            (_iso(at), site, meter, int(ok), err, *vals) for at, site, meter, ok, err, *vals in rows
+            (utc_iso(at), site, meter, int(ok), err, *vals) for at, site, meter, ok, err, *vals in rows
         )
 
     def close(self) -> None:

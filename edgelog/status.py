@@ -32,7 +32,7 @@ from typing import Any
 
 from . import clock, human
 from .buffer import Buffer
-from .clock import utc_text
+from .clock import utc_iso
 from .config import Config
 from .errors import EdgelogError
 from .sync import MariaDBSink
@@ -114,7 +114,7 @@ class Health:
     def to_json(self) -> dict[str, Any]:
         """Every figure, machine-readable: times ISO-8601 UTC, durations in seconds."""
         data: dict[str, Any] = {
-            k: (_iso(v) if k.endswith("_at") and isinstance(v, int | float) else v)
+            k: (utc_iso(v) if k.endswith("_at") and isinstance(v, int | float) else v)
             for k, v in self.buffer.items()
         }
         data.update(
@@ -123,7 +123,7 @@ class Health:
             state=self.state,
             problems=list(self.problems),
             warnings=list(self.warnings),
-            checked_at=_iso(self.now),
+            checked_at=utc_iso(self.now),
             lag_s=_round(self.lag_s),
             max_lag_s=self.max_lag_s,
             sync_rate_rows_per_s=_round(self.sync_rate),
@@ -137,9 +137,9 @@ class Health:
             meters={
                 m.name: {
                     "interval_s": m.interval_s,
-                    "last_reading_at": _iso(m.last_reading_at),
+                    "last_reading_at": utc_iso(m.last_reading_at),
                     "age_s": _round(m.age_s(self.now)),
-                    "last_poll_at": _iso(m.last_poll_at),
+                    "last_poll_at": utc_iso(m.last_poll_at),
                     "last_poll_error": m.last_poll_error,
                     "polls_last_hour": m.polls_last_hour,
                     "failed_polls_last_hour": m.failed_polls_last_hour,
@@ -149,10 +149,6 @@ class Health:
             },
         )
         return data
-
-
-def _iso(ts: float | None) -> str | None:
-    return None if ts is None else utc_text(ts, iso=True)
 
 
 def _round(x: float | None) -> float | None:
@@ -374,8 +370,6 @@ def render(h: Health, colour: bool = False) -> str:
     losses = [f"{human.count(b.get('dropped_total') or 0)} dropped"]
     quarantine = [(k, v) for k, v in b.items() if _is_quarantine_count(k, v)]
     losses += [f"{_show(k, v, now)} {k.replace('_', ' ')}" for k, v in quarantine]
-    if len(losses) == 1:
-        losses.append("quarantine: n/a")
     lines.append("Losses   " + ", ".join(losses))
     if not h.clock_plausible:
         clk = human.paint("implausible (before 2026)", "red", colour)
