@@ -40,7 +40,7 @@ from typing import Any, Protocol, TextIO
 import pymysql
 import pymysql.cursors
 
-from .buffer import Buffer
+from .buffer import Buffer, Span
 from .clock import utc_iso, utc_text
 from .config import Config, MariaDBConfig
 from .errors import EdgelogError
@@ -111,31 +111,14 @@ class BufferSource:
         self.buffer = Buffer(path, create=False)
         self.columns = list(self.buffer.value_columns)
         self.units = {c: units.get(c, "") for c in self.columns}
-
-    def _where(self) -> tuple[str, list[Any]]:
-        q = self.query
-        return _filters(q, "measured_at >= ? AND measured_at < ?", [q.start, q.end], "?")
+        self.span = Span(query.start, query.end, query.meter, query.gaps)
 
     def count(self) -> int:
-        where, params = self._where()
-        return int(
-            self.buffer.db.execute_sql(f"SELECT COUNT(*) FROM readings WHERE {where}", params).fetchone()[0]
-        )
+        return self.buffer.count_between(self.span)
 
     def chunks(self, size: int = CHUNK_ROWS) -> Iterator[list[Row]]:
-        where, params = self._where()
-        values = "".join(f', "{c}"' for c in self.columns)
-        sql = (
-            f"SELECT seq, measured_at, meter, clock_ok, error{values} FROM readings "
-            f"WHERE seq > ? AND {where} ORDER BY seq LIMIT ?"
-        )
-        last = 0
-        while True:
-            rows = self.buffer.db.execute_sql(sql, [last, *params, size]).fetchall()
-            if not rows:
-                return
-            last = rows[-1][0]
-            out = [(at, self.site, meter, bool(ok), err, *vals) for _seq, at, meter, ok, err, *vals in rows]
+        for rows in self.buffer.between(self.span, size):
+            out = [(at, self.site, meter, ok, err, *vals) for at, meter, ok, err, *vals in rows]
             del rows  # hold one chunk at a time, not two
             yield out
             del out

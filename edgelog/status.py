@@ -16,8 +16,8 @@ Warnings (shown, not counted in the exit status): dropped or quarantined rows, a
 clock that is not synchronised, MariaDB unreachable with a young backlog, the
 drain rate being unknown.
 
-The figures come from the buffer (every field of `BufferStatus`, whatever fields
-it gains, plus per-meter queries on the readings table), the disk, a login to
+The figures come from the buffer's read API (every field of `BufferStatus`,
+whatever fields it gains, plus each meter's newest rows), the disk, a login to
 MariaDB and the kernel's clock state. Nothing is written.
 """
 
@@ -41,8 +41,6 @@ from .sync import MariaDBSink
 DEFAULT_MAX_LAG_S = 1800.0
 #: Default of `--max-silence`: a meter without a reading for this many intervals is silent.
 DEFAULT_SILENT_INTERVALS = 10
-#: Meta key the sync worker keeps: rows/s it achieved writing its last non-empty batch.
-SYNC_RATE_KEY = "sync_rate_rows_per_s"
 HOUR_S = 3600.0
 
 
@@ -171,7 +169,7 @@ def evaluate(
         status = buffer.status()
         now = time.time() if now is None else now
         meters = _meters(buffer, cfg, now, silent_intervals)
-        rate = _float_or_none(buffer.get_meta(SYNC_RATE_KEY))
+        rate = buffer.sync_rate()
     finally:
         buffer.close()
     health = Health(
@@ -204,41 +202,24 @@ def evaluate(
     return health
 
 
-def _float_or_none(text: str | None) -> float | None:
-    try:
-        value = float(text) if text is not None else None
-    except ValueError:
-        return None
-    return value if value is not None and math.isfinite(value) and value > 0 else None
-
-
 def _meters(buffer: Buffer, cfg: Config, now: float, silent_intervals: float) -> list[MeterState]:
-    db = buffer.db
     states = {m.name: MeterState(m.name, m.interval_s) for m in cfg.meters}
     # The last hour, newest first by seq (the rowid: no index needed). Enough rows for
     # every configured meter's hour at its interval, twice over.
     expected = sum(HOUR_S / m.interval_s for m in cfg.meters) if cfg.meters else 3600.0
     limit = int(min(2 * expected + 1000, 2_000_000))
-    recent = db.execute_sql(
-        "SELECT meter, measured_at, error IS NOT NULL FROM readings ORDER BY seq DESC LIMIT ?", (limit,)
-    )
-    for meter, at, failed in recent:
+    for meter, at, failed in buffer.recent_polls(limit):
         if at < now - HOUR_S or at > now + 60:
             continue
         state = states.setdefault(meter, MeterState(meter, None))
         state.polls_last_hour += 1
         state.failed_polls_last_hour += int(failed)
     for name, state in states.items():
-        row = db.execute_sql(
-            "SELECT measured_at FROM readings WHERE meter = ? AND error IS NULL ORDER BY seq DESC LIMIT 1",
-            (name,),
-        ).fetchone()
-        state.last_reading_at = row[0] if row else None
-        row = db.execute_sql(
-            "SELECT measured_at, error FROM readings WHERE meter = ? ORDER BY seq DESC LIMIT 1", (name,)
-        ).fetchone()
-        if row:
-            state.last_poll_at, state.last_poll_error = row
+        good = buffer.newest(name, good_only=True)
+        state.last_reading_at = good.measured_at if good else None
+        last = buffer.newest(name)
+        if last:
+            state.last_poll_at, state.last_poll_error = last.measured_at, last.error
         if state.interval_s:
             age = state.age_s(now)
             state.silent = age is None or age > silent_intervals * state.interval_s
