@@ -596,7 +596,7 @@ class Bench:
 
             def legacy_unsent(limit: int, after: int | None = None) -> list[tuple[Any, ...]]:
                 position = buffer.sent_upto if after is None else after
-                R = buffer.Reading
+                R = buffer.tables.Reading
                 return list(R.select().where(R.seq > position).order_by(R.seq).limit(limit).tuples())
 
             buffer.unsent = legacy_unsent  # type: ignore[method-assign]
