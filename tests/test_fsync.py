@@ -1,0 +1,76 @@
+"""Every reading's commit is fsync()ed: strace counts the syncs of the WAL made by the
+real `edgelog run` process (started under strace), MariaDB reachable, default settings.
+
+The bytes written per reading fell (docs/performance.md); this checks that the
+durability did not go with them: with ``synchronous=NORMAL``, or readings committed
+in groups, there would be fewer syncs of the WAL than readings.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import LoggerDB, _env, meter_toml, wait_for, write_config
+
+from edgelog.buffer import Buffer
+from edgelog.errors import BufferError
+from edgelog.simulate import SimulatorThread
+
+READINGS = 8
+#: strace -y names each fd's file: fdatasync(7</path/buffer.sqlite3-wal>) = 0
+WAL_SYNC = re.compile(r"\b(?:fsync|fdatasync)\(\d+<([^>]*)>\)\s+=\s+0")
+
+
+def stored(buffer: Path) -> int:
+    """Readings in the buffer so far (0 while `edgelog run` is still creating it)."""
+    try:
+        b = Buffer(buffer, create=False)
+    except BufferError:
+        return 0
+    try:
+        return b.readings_total()
+    finally:
+        b.close()
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed (scripts/setup)")
+def test_every_reading_is_fsynced_by_edgelog_run(
+    tmp_path: Path, simulator: SimulatorThread, logger_db: LoggerDB
+) -> None:
+    config = write_config(tmp_path, logger_db.toml(), meter_toml(simulator.port, interval_s=1.0))
+    buffer = tmp_path / "buffer.sqlite3"
+    trace = tmp_path / "strace.txt"
+    cmd = ["strace", "-f", "-y", "-e", "trace=fsync,fdatasync", "-o", str(trace)]
+    cmd += [sys.executable, "-m", "edgelog", "--config", str(config), "run"]
+    log = (tmp_path / "run.log").open("wb")
+    tracer = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=_env())
+    try:
+        wait_for(lambda: stored(buffer) >= READINGS, timeout=60, what=f"{READINGS} readings")
+        (child,) = [
+            int(p)
+            for p in subprocess.run(
+                ["pgrep", "-P", str(tracer.pid)], capture_output=True, text=True
+            ).stdout.split()
+        ]
+        time.sleep(0.5)
+        subprocess.run(["kill", "-TERM", str(child)], check=True)
+        assert tracer.wait(60) == 0, (tmp_path / "run.log").read_text()[-2000:]
+    finally:
+        if tracer.poll() is None:
+            tracer.send_signal(signal.SIGKILL)
+            tracer.wait(10)
+        log.close()
+    readings = stored(buffer)
+    syncs = [m.group(1) for m in WAL_SYNC.finditer(trace.read_text())]
+    wal_syncs = sum(1 for name in syncs if name == f"{buffer}-wal")
+    assert readings >= READINGS
+    # one sync of the WAL per reading at least (a sync for the position, the close's
+    # checkpoint, may come on top)
+    assert wal_syncs >= readings, (wal_syncs, readings, syncs[:20])
