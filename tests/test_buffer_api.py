@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
@@ -399,30 +398,6 @@ class TestBufferContract:
         buffer.mark_sent(seqs[-1])
         assert Space(buffer, 1 << 30).prune(keep_sent_s=0, now=1000.0) == 8
         assert buffer.readings_total() == 8
-
-    def test_readers_see_a_consistent_snapshot_while_a_write_is_open(
-        self, buffer: Buffer, path: Path
-    ) -> None:
-        """A reader (another connection, another thread) is never blocked by an open write
-        and sees the last commit."""
-        fill(buffer, 3)
-        seen: list[int] = []
-        with buffer.write("test"):
-            buffer.tables.Reading.insert(
-                seq=99, meter="pac1", measured_at=1.0, clock_ok=True, error=None
-            ).execute()
-
-            def read() -> None:
-                reader = Buffer(path, create=False)
-                try:
-                    seen.append(reader.status().unsent)
-                finally:
-                    reader.close()
-
-            t = threading.Thread(target=read)
-            t.start()
-            t.join(5)
-        assert seen == [3]
 
 
 class TestSpaceContract:
