@@ -8,6 +8,8 @@ in groups, there would be fewer syncs of the WAL than readings.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import shutil
 import signal
@@ -26,6 +28,12 @@ from edgelog.simulate import SimulatorThread
 READINGS = 8
 #: strace -y names each fd's file: fdatasync(7</path/buffer.sqlite3-wal>) = 0
 WAL_SYNC = re.compile(r"\b(?:fsync|fdatasync)\(\d+<([^>]*)>\)\s+=\s+0")
+
+
+def child_of(pid: int) -> int:
+    """The process `pid` started (edgelog, under strace), or 0 while there is none."""
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    return int(out[0]) if out else 0
 
 
 def stored(buffer: Path) -> int:
@@ -51,20 +59,19 @@ def test_every_reading_is_fsynced_by_edgelog_run(
     cmd += [sys.executable, "-m", "edgelog", "--config", str(config), "run"]
     log = (tmp_path / "run.log").open("wb")
     tracer = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=_env())
+    child = 0
     try:
+        child = wait_for(lambda: child_of(tracer.pid), timeout=30, what="edgelog run under strace")
         wait_for(lambda: stored(buffer) >= READINGS, timeout=60, what=f"{READINGS} readings")
-        (child,) = [
-            int(p)
-            for p in subprocess.run(
-                ["pgrep", "-P", str(tracer.pid)], capture_output=True, text=True
-            ).stdout.split()
-        ]
         time.sleep(0.5)
-        subprocess.run(["kill", "-TERM", str(child)], check=True)
+        os.kill(child, signal.SIGTERM)
         assert tracer.wait(60) == 0, (tmp_path / "run.log").read_text()[-2000:]
     finally:
-        if tracer.poll() is None:
-            tracer.send_signal(signal.SIGKILL)
+        if tracer.poll() is None:  # failed before the stop: end edgelog too, not only strace
+            with contextlib.suppress(ProcessLookupError):
+                if child:
+                    os.kill(child, signal.SIGKILL)
+            tracer.kill()
             tracer.wait(10)
         log.close()
     readings = stored(buffer)
