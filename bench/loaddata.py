@@ -1,12 +1,23 @@
 """The bench's LOAD DATA LOCAL: the server-ceiling reference, and a sink that uses it.
 
 edgelog's sink does not use ``LOAD DATA LOCAL`` (its prepared binary INSERT is
-faster); the bench needs it for the reference the issue defines, the server's
-own ingest rate of a ready-made file, and to show the LOAD DATA write path side
-by side. Both go through `edgelog.sync.wire.GuardedConnection.offering()`: the
-data is an in-memory byte stream, and a server asking for any other name gets
-nothing (see wire.py; tests/test_wire.py proves it with a proxy that rewrites
-the request).
+faster), and its connections refuse any LOCAL INFILE request
+(`edgelog.sync.connect.GuardedConnection`). The bench needs it for the reference
+the issue defines, the server's own ingest rate of a ready-made file, and to show
+the LOAD DATA write path side by side. Both go through `LoadingConnection`, the
+product's guarded connection (same timeouts, TLS and password guard, opened by
+`edgelog.sync.connect.connect`) plus `offering()`:
+
+* it sends data only while `offering()` is arming it for one statement, only if
+  the name the server asks for is byte for byte the random ``edgelog-batch-…``
+  name of that statement (not a path), and then only the bytes of the in-memory
+  stream it was given;
+* any other request gets an empty file and fails with `LocalInfileRefused`;
+* PyMySQL's own handler is disarmed (``_local_infile`` cleared), so a code path
+  that bypasses the guarded result (PyMySQL's ``show_warnings()``) raises
+  instead of opening a file.
+
+tests/test_wire.py proves it with a proxy that rewrites the request.
 
 Rows are text in MariaDB's default LOAD DATA format: tab between fields, newline
 after a row, ``\\N`` for NULL, backslash escapes for tab, newline, CR, NUL and
@@ -15,11 +26,91 @@ backslash. Floats with 17 significant digits (they read back as the same double)
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
+import pymysql
+from pymysql.constants import CLIENT
+
+from edgelog.config import MariaDBConfig
+from edgelog.sync.connect import GuardedConnection, GuardedResult, connect
 from edgelog.sync.mariadb import ERROR_MAX, INSERT_COLUMNS, MariaDBSink, quote
-from edgelog.sync.wire import NULL, GuardedConnection, StampText, new_local_name
+from edgelog.sync.wire import StampText
+
+#: Largest data packet sent for LOAD DATA LOCAL.
+MAX_DATA_PACKET = 1 << 20
+NULL = "\\N"
+
+
+@dataclass
+class Outgoing:
+    """What the client offers to send for one LOAD DATA LOCAL statement."""
+
+    name: bytes
+    chunks: Iterable[bytes]
+    bytes_sent: int = 0
+
+
+class OfferingResult(GuardedResult):
+    """A guarded result that sends the data of the statement `offering()` armed, if the
+    server asks for exactly its name; anything else refused, nothing sent."""
+
+    def refusing(self, requested: bytes) -> str | None:
+        conn: LoadingConnection = self.connection
+        outgoing, conn.outgoing = conn.outgoing, None  # one request per offer, at most
+        if outgoing is None:
+            return "no LOAD DATA LOCAL statement of ours is running"
+        if requested != outgoing.name:
+            return f"our statement offered {outgoing.name.decode(errors='replace')!r}"
+        for chunk in outgoing.chunks:
+            for start in range(0, len(chunk), MAX_DATA_PACKET):
+                conn.write_packet(chunk[start : start + MAX_DATA_PACKET])
+            outgoing.bytes_sent += len(chunk)
+        return None
+
+
+class LoadingConnection(GuardedConnection):
+    """A guarded connection that negotiates LOCAL INFILE, for `offering()` only."""
+
+    local_infile = True
+    result_class = OfferingResult
+    outgoing: Outgoing | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._local_infile = False  # PyMySQL's own handler would open any path: disarm it
+
+    @property
+    def can_load_local(self) -> bool:
+        return bool(self.client_flag & CLIENT.LOCAL_FILES)
+
+    @contextmanager
+    def offering(self, name: bytes, chunks: Iterable[bytes]) -> Iterator[Outgoing]:
+        """Arm the connection for one LOAD DATA LOCAL statement sending `chunks` as `name`."""
+        if not self.can_load_local:
+            raise pymysql.err.ProgrammingError("this connection did not negotiate LOCAL INFILE")
+        outgoing = Outgoing(name, chunks)
+        self.outgoing = outgoing
+        try:
+            yield outgoing
+        finally:
+            self.outgoing = None
+
+
+def open_loading(config: MariaDBConfig) -> LoadingConnection:
+    """A LoadingConnection to `config`'s server, through the product's `connect()`."""
+    conn = connect(config, cls=LoadingConnection)
+    assert isinstance(conn, LoadingConnection)
+    return conn
+
+
+def new_local_name() -> bytes:
+    """A name for one LOAD DATA LOCAL statement's data: random, and not a path."""
+    return f"edgelog-batch-{secrets.token_hex(8)}".encode()
+
 
 #: Rows per data packet of the streamed file.
 CHUNK_ROWS = 256
@@ -86,7 +177,7 @@ class TsvFormatter:
             yield self.lines(rows[start : start + chunk_rows]).encode("utf-8")
 
 
-def load_bytes(conn: GuardedConnection, table: str, columns: Sequence[str], data: Iterable[bytes]) -> int:
+def load_bytes(conn: LoadingConnection, table: str, columns: Sequence[str], data: Iterable[bytes]) -> int:
     """One LOAD DATA LOCAL ... IGNORE of `data` (already formatted); returns the warning count."""
     name = new_local_name()
     with conn.cursor() as cur:
@@ -102,11 +193,7 @@ class LoadDataSink(MariaDBSink):
 
     def _connection(self) -> Any:
         if self.conn is None:
-            c = self.config
-            args = self.connect_args()
-            args["read_timeout"] = args["write_timeout"] = c.connect_timeout_s
-            conn = GuardedConnection.open(args, local_infile=True)
-            conn._read_timeout, conn._write_timeout = c.read_timeout_s, c.write_timeout_s
+            conn = open_loading(self.config)
             with conn.cursor() as cur:
                 cur.execute("SET SESSION max_error_count = 65535")
             self.conn = conn
@@ -119,7 +206,7 @@ class LoadDataSink(MariaDBSink):
         names = [*INSERT_COLUMNS, *columns]
 
         def work(cur: Any) -> bool:
-            conn: GuardedConnection = cur.connection
+            conn: LoadingConnection = cur.connection
             name = new_local_name()
             with conn.offering(name, formatter.chunks(rows)):
                 cur.execute(load_sql(self.config.table, names, name))

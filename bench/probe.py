@@ -6,7 +6,8 @@ runs the real `edgelog.cli.main()` in this process after wrapping, without
 changing what they do:
 
 * `GridJob.run` — the grid instant the cadence is running a job for (``due_at``);
-* `Service.poll` — when the poll of a meter starts (the cadence fires);
+* `Service.poll` — when the poll of a meter starts (its bus's cadence fires; one
+  thread per bus, so the current poll is kept per thread);
 * `Service._hand_over` — which poll (start, grid instant) a reading belongs to:
   the poll thread hands it to the buffer writer thread;
 * `Buffer.append_many` — the reading's ``measured_at`` (taken by `Meter.read()`
@@ -52,8 +53,8 @@ class Recorder:
         self.housekeeping: list[tuple[float, float]] = []
         self.services: list[Any] = []
         self.lock = threading.Lock()
-        self._current_start = 0.0
-        self._current_due = 0.0
+        #: per thread (one per bus): the poll it runs now, its start and grid instant
+        self._current = threading.local()
         #: (meter, measured_at) -> (poll start, grid instant), from hand-over to commit
         self._handed: dict[tuple[str, float], tuple[float, float]] = {}
 
@@ -82,7 +83,7 @@ class Recorder:
         job_run = cadence_mod.GridJob.run
 
         def probe_job_run(job: Any, *args: Any, **kwargs: Any) -> Any:
-            rec._current_due = job.due_at or 0.0  # the instant this run is for
+            rec._current.job = job  # its due_at, read at hand-over: the instant this run is for
             return job_run(job, *args, **kwargs)
 
         def probe_drain(worker: Any, *args: Any, **kwargs: Any) -> Any:
@@ -98,12 +99,14 @@ class Recorder:
         def probe_poll(svc: Any, *args: Any, **kwargs: Any) -> Any:
             started = time.time()
             rec.poll_start.append(started)
-            rec._current_start = started  # the poll thread's appends belong to this poll
+            rec._current.start = started  # this bus thread's hand-over belongs to this poll
             return poll(svc, *args, **kwargs)
 
         def probe_hand_over(svc: Any, new: Any, *args: Any) -> Any:
             with rec.lock:
-                rec._handed[(new.meter, new.measured_at)] = (rec._current_start, rec._current_due)
+                job = getattr(rec._current, "job", None)
+                current = (getattr(rec._current, "start", 0.0), (job.due_at or 0.0) if job else 0.0)
+                rec._handed[(new.meter, new.measured_at)] = current
             return hand_over(svc, new, *args)
 
         def probe_append_many(buf: Any, readings: Any) -> Any:
@@ -142,7 +145,8 @@ class Recorder:
     def cadence_stats(self) -> list[dict[str, Any]]:
         out = []
         for svc in self.services:
-            for job in getattr(svc.cadence.scheduler, "jobs", []):
+            cadences = [p.cadence for p in getattr(svc, "pollers", [])] or [svc.cadence]
+            for job in (j for c in cadences for j in c.scheduler.jobs):
                 stats = getattr(job, "stats", None)
                 if stats is None:
                     continue

@@ -28,15 +28,16 @@ import pymysql
 from edgelog.buffer import Buffer, Space
 from edgelog.buffer.batch import UnsentReader
 from edgelog.clock import utc_text
-from edgelog.config import Config, SyncConfig, parse
+from edgelog.config import Config, MariaDBConfig, SyncConfig, parse
 from edgelog.meter import plan_requests
 from edgelog.profiles import PAC3100
-from edgelog.sync import MariaDBSink, SyncWorker, wire
+from edgelog.sync import MariaDBSink, SyncWorker, connect, wire
 from edgelog.sync import mariadb as sink_module
+from edgelog.sync.connect import GuardedConnection
 from edgelog.sync.mariadb import INSERT_COLUMNS, quote
 
 from .data import BuiltBuffer, build_buffer, profile_columns, read_rows, sample_rows
-from .loaddata import LoadDataSink, TsvFormatter, load_bytes
+from .loaddata import LoadDataSink, TsvFormatter, load_bytes, open_loading
 from .procs import FsyncProbe, Sampler, cpu_seconds, median, percentile, terminate
 from .server import LoggerAccount, PrivateMariaDB
 from .sim import BusSimulator
@@ -47,6 +48,8 @@ SITE = "chapada-imperial"
 HISTORY_SITE = "outra-usina"
 TABLE = "medicoes"
 BATCH = 2000  # [mariadb] batch_size default
+#: The multi-meter scenario puts at most this many meters on one bus (a PAC3100 line at 1 Hz).
+METERS_PER_BUS = 4
 
 
 @dataclass(frozen=True)
@@ -277,14 +280,8 @@ class Bench:
                     cur.execute(sink_module.create_table_sql(TABLE, self.units))
             finally:
                 conn.close()
-            guarded = wire.GuardedConnection.open(
-                {
-                    "unix_socket": self.db.socket,
-                    "user": "root",
-                    "database": "bench_history",
-                    "autocommit": False,
-                },
-                local_infile=True,
+            guarded = open_loading(
+                MariaDBConfig(user="root", unix_socket=self.db.socket, database="bench_history")
             )
             try:
                 load_bytes(guarded, TABLE, [*INSERT_COLUMNS, *self.columns], [path.read_bytes()])
@@ -358,7 +355,8 @@ class Bench:
                 f"port = {meter['port']}",
                 f"unit_id = {meter['unit_id']}",
                 f"interval_s = {meter['interval_s']}",
-                f"timeout_s = {meter.get('timeout_s', 0.5)}",
+                # within the bus's time budget: timeout_s < interval_s (edgelog refuses more)
+                f"timeout_s = {meter.get('timeout_s', round(min(0.5, 0.75 * meter['interval_s']), 3))}",
             ]
         return "\n".join(lines) + "\n"
 
@@ -404,9 +402,8 @@ class Bench:
         account = self.account("ceiling")
         self.prepare_table(account, with_history)
         cfg = self.config(self.config_text(account, built.path, transport))
-        args = MariaDBSink(cfg.mariadb, SITE).connect_args()
         self.settle()
-        conn = wire.GuardedConnection.open(args, local_infile=True)
+        conn = open_loading(cfg.mariadb)
 
         def chunks() -> Iterator[bytes]:
             with ready.open("rb") as f:
@@ -550,14 +547,12 @@ class Bench:
         account = self.account("naive")
         self.prepare_table(account)
         cfg = self.config(self.config_text(account, built.path, transport))
-        args = MariaDBSink(cfg.mariadb, SITE).connect_args()
-        args["autocommit"] = True
         rows = read_rows(built.path, 0, self.plan.naive_sample)
         names = ", ".join(quote(c) for c in (*INSERT_COLUMNS, *self.columns))
         marks = ", ".join(["%s"] * (len(INSERT_COLUMNS) + len(self.columns)))
         sql = f"INSERT INTO {quote(TABLE)} ({names}) VALUES ({marks}) ON DUPLICATE KEY UPDATE seq = seq"
         self.settle()
-        conn = pymysql.connect(**args)
+        conn = connect(cfg.mariadb, autocommit=True)
         try:
             with conn.cursor() as cur:
                 t0 = time.perf_counter()
@@ -660,7 +655,7 @@ class Bench:
         else:
             timers.wrap(pymysql.cursors.Cursor, "executemany", "executemany (format + send + wait)")
             timers.wrap(pymysql.connections.Connection, "query", "sending INSERTs + waiting for MariaDB")
-        timers.wrap(wire.GuardedConnection, "commit", "COMMIT")
+        timers.wrap(GuardedConnection, "commit", "COMMIT")
         try:
             result = self.inprocess_drain(built, variant, timers=timers)
         finally:
@@ -887,27 +882,40 @@ class Bench:
         return result
 
     def meters_scaling(self, m: int) -> dict[str, Any]:
-        """M meters on one bus (one TCP server, unit ids 1..M) at 1 Hz, with a backlog."""
+        """M meters at 1 Hz, with a backlog, on buses of up to METERS_PER_BUS meters (one
+        pymodbus TCP server per bus, unit ids 1..k): each bus has its poll thread, and its
+        meters share its 1 s within the time budget (k × timeout_s < interval_s)."""
         plan = self.plan
         names = [f"pac{k:02d}" for k in range(1, m + 1)]
         built = self.built(plan.meters_backlog, names, interval_s=plan.meters_interval_s)
         buffer = _copy_buffer(built.path, self.work / f"meters{m}.sqlite3")
-        sim = self.simulator(list(range(1, m + 1)))
+        if self.sim is not None:
+            self.sim.stop()
+            self.sim = None
+        groups = [names[i : i + METERS_PER_BUS] for i in range(0, m, METERS_PER_BUS)]
+        buses = [BusSimulator(list(range(1, len(group) + 1))).start() for group in groups]
+        timeout_s = round(0.8 * plan.meters_interval_s / METERS_PER_BUS, 3)
         meters = [
             {
                 "name": name,
-                "port": sim.port,
+                "port": bus.port,
                 "unit_id": k,
                 "interval_s": plan.meters_interval_s,
-                "timeout_s": 0.5,
+                "timeout_s": timeout_s,
             }
-            for k, name in enumerate(names, start=1)
+            for group, bus in zip(groups, buses, strict=True)
+            for k, name in enumerate(group, start=1)
         ]
 
         def drained(_elapsed: float) -> bool:
             return _sent_upto(buffer) >= built.rows
 
-        run = self.run_probe(f"meters{m}", buffer, meters, drained, plan.meters_run_s, max_s=1800)
+        try:
+            run = self.run_probe(f"meters{m}", buffer, meters, drained, plan.meters_run_s, max_s=1800)
+            requests = sum(bus.requests for bus in buses)
+        finally:
+            for bus in buses:
+                bus.stop()
         probe = run["probe"]
         marks = list(zip(probe["mark_sent"]["at"], probe["mark_sent"]["upto"], strict=True))
         drained_at = next((at for at, upto in marks if upto >= built.rows), None)
@@ -917,16 +925,36 @@ class Bench:
         per_meter: dict[str, list[int]] = defaultdict(list)
         for x in live:
             per_meter[x["meter"]].append(x["slot"])
+        bus_of = {name: i for i, group in enumerate(groups) for name in group}
+        per_bus = []
+        for i, group in enumerate(groups):
+            mine = [x for x in live if bus_of[x["meter"]] == i]
+            per_bus.append(
+                {
+                    "bus": i + 1,
+                    "meters": len(group),
+                    "readings": len(mine),
+                    "missed": sum(_missed(per_meter[name]) for name in group),
+                    "grid_to_durable": _stats_ms([x["grid_to_durable"] for x in mine]),
+                }
+            )
+        p99s = [b["grid_to_durable"]["p99_ms"] for b in per_bus if b["grid_to_durable"]["p99_ms"] is not None]
         result = {
             "meters": m,
+            "buses": len(groups),
+            "meters_per_bus": METERS_PER_BUS,
+            "timeout_s": timeout_s,
             "backlog_rows": built.rows,
             "drain_s": drain_s,
             "rows_per_s": built.rows / drain_s if drain_s else None,
             "peak_rss_mib": max((max(s.rss_kib, s.hwm_kib) for s in run["samples"]), default=0) / 1024,
             "readings": len(live),
             "missed": sum(_missed(slots) for slots in per_meter.values()),
-            "requests_per_poll": run["modbus_requests"] / len(live) if live else None,
+            "skipped_rows": _skipped_rows(probe),
+            "requests_per_poll": requests / len(live) if live else None,
             "grid_to_durable": _stats_ms([x["grid_to_durable"] for x in live]),
+            "per_bus": per_bus,
+            "worst_bus_p99_ms": max(p99s) if p99s else None,
             "failed_polls": sum(1 for x in live if x["error"]),
         }
         for ext in ("", "-wal", "-shm"):
@@ -978,11 +1006,14 @@ def _file_bytes(path: Path) -> int:
 
 
 def _live_readings(probe: dict[str, Any], interval: float) -> list[dict[str, Any]]:
-    """The readings `edgelog run` took (not the backlog): poll start, response, durable."""
+    """The readings `edgelog run` took (not the backlog, nor the gap rows it stored for
+    slots it skipped): poll start, response, durable."""
     app = probe["append"]
     out = []
     for i, meter in enumerate(app["meter"]):
         poll_start = app["poll_start"][i]
+        if not poll_start:
+            continue  # no poll handed it over: a skipped slot's gap row (_skipped_rows)
         due = app["due"][i] if app.get("due") else 0.0
         # the grid instant the cadence ran this poll for (from GridJob.due_at)
         slot = round((due or poll_start) / interval)
@@ -1001,6 +1032,12 @@ def _live_readings(probe: dict[str, Any], interval: float) -> list[dict[str, Any
             }
         )
     return out
+
+
+def _skipped_rows(probe: dict[str, Any]) -> int:
+    """Gap rows `edgelog run` stored for slots its bus was too busy to poll."""
+    app = probe["append"]
+    return sum(1 for i, start in enumerate(app["poll_start"]) if not start and app["error"][i])
 
 
 def _fsync_stats(latencies: Sequence[float], interval: float) -> dict[str, Any]:

@@ -7,7 +7,13 @@ is the next wall-clock multiple of the interval, strictly after now. So:
 
 * samples land on ``k * interval_s`` (UTC epoch), with no cumulative drift;
 * a run that overruns one or more boundaries skips them and counts each one as
-  a missed sample: there is never a burst of catch-up reads;
+  a missed sample: there is never a burst of catch-up reads. A run that starts
+  after its whole slot has passed (another job on the same thread took the
+  time) runs for the slot it starts in, and the slots passed are missed; a run
+  whose sample (the instant its job returns) lands in a later slot covers that
+  one, and its own is missed. So each slot is covered by one sample or missed.
+  Each missed slot is also handed to the job's `on_missed` (its grid instant),
+  so the service can store it as a gap row;
 * after the clock steps (no RTC; time sync arriving late), the next run is the
   next boundary of the *new* time: no flood of polls after a jump back, no
   silence after a jump forward. A step is told apart from an overrun by
@@ -64,11 +70,20 @@ class GridStats:
 class GridJob(schedule.Job):
     """A schedule Job whose runs sit on an exact wall-clock grid."""
 
-    def __init__(self, interval_s: float, scheduler: schedule.Scheduler, clock: Clock):
+    def __init__(
+        self,
+        interval_s: float,
+        scheduler: schedule.Scheduler,
+        clock: Clock,
+        on_missed: Callable[[list[float]], object] | None = None,
+    ):
         super().__init__(1, scheduler)
         self.unit = "seconds"
         self.interval_s = interval_s
         self.clock = clock
+        self.on_missed = on_missed
+        #: when the last run's sample was taken, if the job function returned it (a float)
+        self.stamp: float | None = None
         self.stats = GridStats()
         self.due_at: float | None = None  # the grid instant this run was meant for
         self.running = False
@@ -92,6 +107,18 @@ class GridJob(schedule.Job):
         return now >= self.due_at
 
     def run(self) -> object:
+        now, mono, due = self.clock.wall(), self.clock.monotonic(), self.due_at
+        if (
+            due is not None
+            and now >= due + self.interval_s
+            and abs(self._step(now, mono)) <= JUMP_THRESHOLD_S
+        ):
+            # Its whole slot passed before it could start (a job before it on this thread
+            # overran; `schedule` decides what is due before running any): run for the slot
+            # it is in now; the slots passed are missed.
+            current = next_boundary(now, self.interval_s) - self.interval_s
+            self._missed(due, current)
+            self._set_due(current, now, mono)
         self.running = True
         try:
             return super().run()
@@ -121,11 +148,31 @@ class GridJob(schedule.Job):
                 self.stats.clock_jumps += 1
                 log.warning("clock stepped by %+.1f s; sampling resumes on the new grid", step)
             else:
-                # boundaries between the one we ran for and the next one were skipped
-                skipped = round((nxt - self.due_at) / self.interval_s) - 1
-                if skipped > 0:
-                    self.stats.missed += skipped
+                # every boundary from the one we ran for to the next one was skipped, but
+                # the slot the run's sample landed in (its own, unless it overran)
+                covered = self._covered(self.due_at, nxt)
+                self._missed(self.due_at, covered)
+                self._missed(covered + self.interval_s, nxt)
+        self.stamp = None
         self._set_due(nxt, now, mono)
+
+    def _covered(self, due: float, nxt: float) -> float:
+        """The slot the last run's sample belongs to: the one its `stamp` (the instant the
+        job function returned, if any) falls in, else the one it ran for."""
+        if self.stamp is None:
+            return due
+        slot = next_boundary(self.stamp, self.interval_s) - self.interval_s
+        return slot if due <= slot < nxt else due
+
+    def _missed(self, first: float, end: float) -> None:
+        """The boundaries from `first` up to (not including) `end` were missed."""
+        skipped = round((end - first) / self.interval_s)
+        if skipped <= 0:
+            return
+        self.stats.missed += skipped
+        if self.on_missed is not None:
+            k = round(first / self.interval_s)
+            self.on_missed([(k + i) * self.interval_s for i in range(skipped)])
 
 
 @dataclass
@@ -135,9 +182,23 @@ class Cadence:
     clock: Clock = field(default_factory=Clock)
     scheduler: schedule.Scheduler = field(default_factory=schedule.Scheduler)
 
-    def every(self, interval_s: float, func: Callable[[], object]) -> GridJob:
-        job = GridJob(interval_s, self.scheduler, self.clock)
-        job.do(func)
+    def every(
+        self,
+        interval_s: float,
+        func: Callable[[], object],
+        on_missed: Callable[[list[float]], object] | None = None,
+    ) -> GridJob:
+        """A job on the grid of `interval_s`; `on_missed` gets the instants of slots it missed.
+        `func` may return the wall-clock instant its sample was taken (a float): a run that
+        overran its own slot then covers the slot that instant is in, and its own is missed."""
+        job = GridJob(interval_s, self.scheduler, self.clock, on_missed)
+
+        def body() -> object:
+            result = func()
+            job.stamp = result if isinstance(result, float) else None
+            return result
+
+        job.do(body)
         return job
 
     def idle_s(self) -> float:

@@ -25,6 +25,7 @@ from .clock import utc_iso
 from .errors import EdgelogError, MeterError
 from .progress import Progress
 from .sync import MariaDBSink, SyncWorker, create_table_sql
+from .sync.mariadb import alter_table_sql
 
 log = logging.getLogger("edgelog")
 
@@ -138,9 +139,13 @@ def cmd_sync(args: argparse.Namespace) -> int:
 def cmd_simulate(args: argparse.Namespace) -> int:
     """Serve a simulated PAC3100 over Modbus TCP (or RTU with --device)."""
     from .profiles import PAC3100_ENERGIA
-    from .simulate import Pac3100Simulator
+    from .simulate import Pac3100Simulator, Plant, parse_schedule
 
-    sim = Pac3100Simulator(unit_id=args.unit, profile=PAC3100_ENERGIA)  # all a real PAC3100 serves
+    if not 0.1 <= args.hydraulic_kw <= 10_000:
+        raise EdgelogError(f"simulate --hydraulic-kw: must be 0.1–10000, got {args.hydraulic_kw:g}")
+    plant = Plant(hydraulic_w=args.hydraulic_kw * 1000, schedule=parse_schedule(args.schedule))
+    # all a real PAC3100 serves
+    sim = Pac3100Simulator(unit_id=args.unit, profile=PAC3100_ENERGIA, plant=plant)
     where = args.device or f"{args.host}:{args.port}"
 
     def started(_server: object) -> None:
@@ -214,8 +219,24 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_schema(args: argparse.Namespace) -> int:
     """Print the MariaDB DDL (CREATE DATABASE and CREATE TABLE) for this config."""
     cfg = _load(args)
-    print(schema_sql(cfg))
+    print(alter_sql(cfg) if args.alter else schema_sql(cfg))
     return 0
+
+
+def alter_sql(cfg: config_mod.Config) -> str:
+    """What the live table lacks for this config: an ALTER TABLE (or the whole DDL)."""
+    sink = MariaDBSink(cfg.mariadb, cfg.site)
+    try:
+        existing = sink.table_columns()
+    finally:
+        sink.close()
+    name = f"`{cfg.mariadb.database}`.`{cfg.mariadb.table}`"
+    if not existing:
+        return f"-- {name} does not exist on {sink.where}: create it\n{schema_sql(cfg)}"
+    missing = {c: unit for c, unit in cfg.columns().items() if c not in existing}
+    if not missing:
+        return f"-- {name} on {sink.where} has every column this config writes: nothing to alter"
+    return f"{alter_table_sql(cfg.mariadb.table, missing, cfg.mariadb.database)};"
 
 
 def schema_sql(cfg: config_mod.Config) -> str:
@@ -298,6 +319,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unit", type=int, default=126, help="Modbus unit id (default 126, as shipped)")
     p.add_argument("--device", help="serve Modbus RTU on this serial device instead of TCP")
     p.add_argument("--baudrate", type=int, default=None, help="RTU baud rate (default 19200)")
+    p.add_argument(
+        "--hydraulic-kw",
+        type=float,
+        default=10.0,
+        metavar="KW",
+        help="the water's power: above it the load controller runs out and f and V sag (default 10)",
+    )
+    p.add_argument(
+        "--schedule",
+        default="",
+        metavar="SPEC",
+        help="disturbances, e.g. outage@2026-06-02T22:00Z+20m,overload@19:00+45m=1.25,voltage@03:00+2h=114",
+    )
     p = add("export", cmd_export)
     p.add_argument(
         "--from",
@@ -344,7 +378,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tz", default="America/Sao_Paulo", help="time zone of days and charts (default America/Sao_Paulo)"
     )
-    add("schema", cmd_schema)
+    p = add("schema", cmd_schema)
+    p.add_argument(
+        "--alter",
+        action="store_true",
+        help="ask MariaDB, print the ALTER TABLE adding the columns the live table lacks",
+    )
     add("doctor", cmd_doctor)
     return parser
 

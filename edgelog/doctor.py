@@ -14,12 +14,16 @@ from pathlib import Path
 from . import clock
 from . import config as config_mod
 from .buffer import Buffer
-from .errors import EdgelogError
+from .errors import EdgelogError, MeterBadAnswer, MeterError, MeterExceptionResponse
 from .meter import close_meters, open_meters
-from .sync import MariaDBSink
+from .sync import MariaDBSink, wire
+from .sync.connect import pymysql_version
+from .sync.worker import SYNC_PATH_KEY
 
 #: Privileges the logger's MariaDB user needs, and ones it must not have.
 NEEDED = {"SELECT", "INSERT", "UPDATE", "CREATE", "ALTER", "INDEX"}
+#: What the DDL needs: not asked for with `[mariadb] manage_schema = false`.
+DDL = {"CREATE", "ALTER", "INDEX"}
 TOO_MUCH = {"DELETE", "DROP", "ALL PRIVILEGES", "GRANT OPTION", "SUPER", "FILE"}
 
 
@@ -46,7 +50,9 @@ def run(path: Path) -> Iterator[Check]:
     yield from _serial(cfg)
     yield from _meters(cfg)
     yield from _buffer(cfg)
+    yield from _tls(cfg.mariadb)
     yield from _mariadb(cfg)
+    yield _sync_path(cfg)
     yield _clock()
     yield _service()
 
@@ -80,17 +86,10 @@ def _meters(cfg: config_mod.Config) -> Iterator[Check]:
     meters = open_meters(cfg.meters)
     try:
         for meter in meters:
-            c = meter.config
             try:
                 reading = meter.read()
-            except EdgelogError as exc:
-                fix = (
-                    f"check A/B wiring and termination; on the PAC3100 front panel: address {c.unit_id}, "
-                    f"{c.baudrate} baud, parity {c.parity}, {c.stopbits} stop bits"
-                    if c.transport == "rtu"
-                    else f"check that {c.host}:{c.port} answers and the unit id is {c.unit_id}"
-                )
-                yield Check("FAIL", f"meter {meter.name}", str(exc), fix)
+            except MeterError as exc:
+                yield Check("FAIL", f"meter {meter.name}", str(exc), meter_fix(meter.config, exc))
                 continue
             shown = ", ".join(
                 f"{k}={v:.1f}"
@@ -104,6 +103,33 @@ def _meters(cfg: config_mod.Config) -> Iterator[Check]:
             )
     finally:
         close_meters(meters)
+
+
+def meter_fix(c: config_mod.MeterConfig, exc: MeterError) -> str:
+    """What to check for a failed poll: an exception answer means the line works."""
+    if isinstance(exc, MeterExceptionResponse):
+        return (
+            f"the meter answered, so wiring and line settings work; check the register map "
+            f"(profile {c.profile!r}, [[meters.registers]] addresses and function) and that "
+            f"unit id {c.unit_id} is this meter"
+        )
+    line = (
+        f"unit id {c.unit_id}, {c.baudrate} baud, parity {c.parity}, {c.stopbits} stop bits "
+        "(on the PAC3100 front panel)"
+    )
+    if isinstance(exc, MeterBadAnswer):
+        where = "" if c.transport == "rtu" else f" behind {c.host}:{c.port}"
+        return (
+            f"something answered{where}, but not validly: line noise or missing termination, "
+            f"two devices with unit id {c.unit_id}, or a device that is not a {c.profile}"
+        )
+    if c.transport == "rtu":
+        return f"no answer: check A/B wiring and termination (120 Ω at both ends), then {line}"
+    return (
+        f"no answer: check that {c.host}:{c.port} is reachable and speaks Modbus TCP, and unit id "
+        f"{c.unit_id}; for a meter behind a serial gateway, also its wiring, termination, baud, "
+        "parity and stop bits"
+    )
 
 
 def _buffer(cfg: config_mod.Config) -> Iterator[Check]:
@@ -153,13 +179,14 @@ def _mariadb(cfg: config_mod.Config) -> Iterator[Check]:
     finally:
         sink.close()
     have = _privileges(grants, cfg.mariadb.database)
-    missing, extra = NEEDED - have, have & TOO_MUCH
+    needed = NEEDED if cfg.mariadb.manage_schema else NEEDED - DDL
+    missing, extra = needed - have, have & TOO_MUCH
     if missing:
         yield Check(
             "FAIL",
             "mariadb",
             f"logged in, but missing {', '.join(sorted(missing))}",
-            f"GRANT {', '.join(sorted(NEEDED))} ON {cfg.mariadb.database}.* TO the logger user",
+            f"GRANT {', '.join(sorted(needed))} ON {cfg.mariadb.database}.* TO the logger user",
         )
     elif extra:
         yield Check(
@@ -170,6 +197,82 @@ def _mariadb(cfg: config_mod.Config) -> Iterator[Check]:
         )
     else:
         yield Check("OK", "mariadb", f"logged in as {sink.where} with exactly the privileges it needs")
+
+
+def _tls(m: config_mod.MariaDBConfig) -> Iterator[Check]:
+    """How the link to MariaDB is protected (docs/guarantees.md §10), and the risk if it is not."""
+    mode = m.tls_mode
+    host = ", ".join(h for h, _ in m.hosts) if m.hosts else m.host  # with hosts: every node
+    if m.ssl_mode_from_legacy_key:
+        yield Check(
+            "WARN",
+            "tls",
+            "[mariadb] ssl_verify_identity is the old form of ssl_mode (still understood)",
+            f'write ssl_mode = "{mode}" instead (same meaning)'
+            if m.ssl_mode is not None
+            else "remove it: without ssl_ca it changed nothing (the default below applies)",
+        )
+    if m.unix_socket is not None:
+        yield Check("OK", "tls", f"unix socket {m.unix_socket}: local, needs no TLS")
+    elif mode == "disabled" and m.is_local:
+        yield Check("OK", "tls", f"{host} is this machine (loopback): the traffic never leaves it")
+    elif mode == "disabled":
+        yield Check(
+            "WARN",
+            "tls",
+            f'ssl_mode = "disabled" towards {host}: readings and the login cross the network '
+            "unencrypted to a server nobody verified; anyone on the path can read or change them, "
+            "or pose as the server (edgelog still never sends it the password in cleartext)",
+            'enable TLS on the server, then set ssl_mode = "verify-identity" (docs/guarantees.md §10)',
+        )
+    elif mode == "required":
+        yield Check(
+            "WARN",
+            "tls",
+            f"TLS to {host} without checking its certificate: an eavesdropper reads nothing, "
+            "but a man in the middle reads and changes everything",
+            'set ssl_ca (the CA of the server\'s certificate) and ssl_mode = "verify-identity"',
+        )
+    else:
+        against = m.ssl_ca or "the system's CA store"
+        what = "certificate and host name" if mode == "verify-identity" else "certificate (not the host name)"
+        yield Check("OK", "tls", f"{mode}: {host}'s {what} checked against {against}")
+
+
+def _sync_path(cfg: config_mod.Config) -> Check:
+    """Whether backlogs can take the fast path, and whether the running logger fell back."""
+    if not cfg.mariadb.fast_path:
+        return Check("OK", "sync path", "plain INSERT path ([mariadb] fast_path = false)")
+    problem = wire.fast_path_problem()
+    if problem:
+        return Check(
+            "WARN",
+            "sync path",
+            f"fast path unavailable ({problem}): backlogs take the plain path, slower, nothing lost",
+            "install the tested versions again: sudo scripts/install",
+        )
+    recorded = _recorded_sync_path(cfg.buffer.path)
+    if recorded and recorded.startswith("plain (fast path"):
+        return Check(
+            "WARN",
+            "sync path",
+            f"the logger uses the {recorded}",
+            "nothing is lost; journalctl -u edgelog shows the failure; a restart tries the fast path again",
+        )
+    return Check("OK", "sync path", f"binary fast path available (PyMySQL {pymysql_version()})")
+
+
+def _recorded_sync_path(path: Path) -> str | None:
+    if not path.exists():
+        return None
+    try:
+        buffer = Buffer(path, create=False)
+    except EdgelogError:
+        return None  # the buffer check says why
+    try:
+        return buffer.get_meta(SYNC_PATH_KEY)
+    finally:
+        buffer.close()
 
 
 def _privileges(grants: list[str], database: str) -> set[str]:

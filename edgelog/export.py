@@ -21,8 +21,10 @@ CSV: UTF-8, a header row naming each register column with its unit
 (`2025-06-01T14:03:12.000Z`), NULL as an empty field, floats written exactly
 (shortest round-trip form). Parquet (needs pyarrow, `pip install 'edgelog[parquet]'`):
 `measured_at` as timestamp[ms, UTC], each register a float64 column whose field
-metadata holds its unit. A file is written as `NAME.part` and renamed when
-complete: an interrupted export never leaves a truncated file under the real name.
+metadata holds its unit. A file is written whole or not at all (`outfile.replacing`:
+a random temporary name beside it, renamed when complete): an interrupted export
+never leaves a truncated file under the real name, and a symlink planted at any
+name is never written through.
 """
 
 from __future__ import annotations
@@ -30,7 +32,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import datetime as dt
-import os
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -44,9 +45,11 @@ from .buffer import Buffer, Span
 from .clock import utc_iso, utc_text
 from .config import Config, MariaDBConfig
 from .errors import EdgelogError
+from .outfile import replacing
 from .profiles import RESERVED_COLUMNS
 from .progress import Progress
-from .sync.mariadb import MariaDBSink, quote
+from .sync.connect import connect, describe, where
+from .sync.mariadb import quote
 
 #: Columns every exported row starts with, before the register columns.
 FIXED = ("measured_at", "site", "meter", "clock_ok", "error")
@@ -147,20 +150,15 @@ class MariaDBSource:
     def __init__(self, config: MariaDBConfig, query: Query):
         self.config = config
         self.query = query
-        sink = MariaDBSink(config, query.site)
-        self.label = f"MariaDB {sink.where}"
+        self.label = f"MariaDB {where(config)}"
         #: what a report names as its source: short, and no socket path or user
         self.short_label = f"MariaDB {config.database}.{config.table}"
-        args = sink.connect_args()
-        args["read_timeout"] = args["write_timeout"] = config.connect_timeout_s  # the login, as the sink does
         try:
-            self.conn = pymysql.connect(**args)
+            self.conn = connect(config)  # the sink's guarded connection: timeouts, TLS, no LOCAL INFILE
         except pymysql.MySQLError as exc:
-            raise EdgelogError(f"{self.label}: {_describe(exc)}") from None
+            raise EdgelogError(f"{self.label}: {describe(exc)}") from None
         except (OSError, ValueError) as exc:
             raise EdgelogError(f"{self.label}: {exc}") from None
-        self.conn._read_timeout = config.read_timeout_s  # then the query timeouts
-        self.conn._write_timeout = config.write_timeout_s
         self.units = self._register_columns()
         self.columns = list(self.units)
 
@@ -170,7 +168,7 @@ class MariaDBSource:
                 cur.execute(sql, params)
                 return list(cur.fetchall())
         except pymysql.MySQLError as exc:
-            raise EdgelogError(f"{self.label}: {_describe(exc)}") from None
+            raise EdgelogError(f"{self.label}: {describe(exc)}") from None
 
     def _register_columns(self) -> dict[str, str]:
         rows = self._run(
@@ -221,7 +219,7 @@ class MariaDBSource:
                 yield out
                 del out
         except pymysql.MySQLError as exc:
-            raise EdgelogError(f"{self.label}: {_describe(exc)}") from None
+            raise EdgelogError(f"{self.label}: {describe(exc)}") from None
         finally:
             with contextlib.suppress(pymysql.MySQLError):
                 cur.close()  # an unbuffered cursor reads what is left of the result first
@@ -229,12 +227,6 @@ class MariaDBSource:
     def close(self) -> None:
         with contextlib.suppress(Exception):  # closing a broken connection: nothing to do
             self.conn.close()
-
-
-def _describe(exc: pymysql.MySQLError) -> str:
-    if len(exc.args) >= 2:
-        return f"({exc.args[0]}) {str(exc.args[1]).splitlines()[0]}"
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 def open_source(cfg: Config, query: Query, source: str) -> Source:
@@ -269,7 +261,7 @@ class CsvWriter:
 
 
 class ParquetWriter:
-    def __init__(self, path: Path, columns: Sequence[str], units: dict[str, str]):
+    def __init__(self, path: Any, columns: Sequence[str], units: dict[str, str]):
         pa, pq = require_pyarrow()
         self.pa = pa
         self.columns = list(columns)
@@ -281,7 +273,7 @@ class ParquetWriter:
             pa.field("error", pa.string()),
         ] + [pa.field(c, pa.float64(), metadata={"unit": units.get(c, "")}) for c in self.columns]
         self.schema = pa.schema(fields, metadata={"source": "edgelog export"})
-        self.writer = pq.ParquetWriter(str(path), self.schema, compression="zstd")
+        self.writer = pq.ParquetWriter(path, self.schema, compression="zstd")  # a path or a file
 
     def write(self, rows: list[Row]) -> None:
         pa = self.pa
@@ -338,39 +330,30 @@ def run(
             raise EdgelogError("export: Parquet goes to a file: say --out FILE.parquet")
         require_pyarrow()  # before any work
     src = open_source(cfg, query, source)
+
+    def copy(writer: CsvWriter | ParquetWriter) -> int:
+        n = 0
+        with Progress("export", src.count(), stream=progress_stream, every_s=progress_every_s) as progress:
+            for chunk in src.chunks(chunk_rows):
+                writer.write(chunk)
+                n += len(chunk)
+                progress.update(n)
+                del chunk  # not alive while the next one is fetched
+        writer.close()
+        return n
+
     try:
-        total = src.count()
-        target = Path(out)
-        part = target.with_name(target.name + ".part")
-        stream: TextIO | None = None
-        try:
-            if fmt == "parquet":
-                writer: CsvWriter | ParquetWriter = ParquetWriter(part, src.columns, src.units)
-            elif out == "-":
-                writer = CsvWriter(stdout or sys.stdout, src.columns, src.units)
-            else:
-                stream = part.open("w", encoding="utf-8", newline="")
-                writer = CsvWriter(stream, src.columns, src.units)
-            n = 0
-            with Progress("export", total, stream=progress_stream, every_s=progress_every_s) as progress:
-                for chunk in src.chunks(chunk_rows):
-                    writer.write(chunk)
-                    n += len(chunk)
-                    progress.update(n)
-                    del chunk  # not alive while the next one is fetched
-            writer.close()
-            if stream is not None:
-                stream.close()
-                stream = None
-            if out != "-":
-                os.replace(part, target)
-        except OSError as exc:
-            raise EdgelogError(f"export: cannot write {out}: {exc.strerror or exc}") from None
-        finally:
-            if stream is not None:
-                stream.close()
-            if out != "-" and part.exists():
-                part.unlink()
+        if out == "-":
+            n = copy(CsvWriter(stdout or sys.stdout, src.columns, src.units))
+        else:
+            with replacing(out, binary=fmt == "parquet") as stream:
+                n = copy(
+                    ParquetWriter(stream, src.columns, src.units)
+                    if fmt == "parquet"
+                    else CsvWriter(stream, src.columns, src.units)
+                )
+    except OSError as exc:
+        raise EdgelogError(f"export: cannot write {out}: {exc.strerror or exc}") from None
     finally:
         src.close()
     return Result(rows=n, out=out, source=src.label)

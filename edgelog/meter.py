@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -15,10 +16,11 @@ from dataclasses import dataclass, replace
 
 from pymodbus import FramerType
 from pymodbus.client import ModbusSerialClient, ModbusTcpClient
-from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
+from pymodbus.exceptions import ConnectionException, ModbusIOException
+from pymodbus.pdu import ModbusPDU
 
-from .config import MeterConfig
-from .errors import MeterError, MeterExceptionResponse, MeterTimeout
+from .config import MeterConfig, bus_budgets
+from .errors import MeterBadAnswer, MeterError, MeterExceptionResponse, MeterTimeout
 from .profiles import FUNCTION_CODE, MAX_REGISTERS_PER_READ, Register
 
 log = logging.getLogger(__name__)
@@ -83,8 +85,8 @@ def plan_requests(
 def decode(request: ReadRequest, words: Sequence[int]) -> dict[str, float | None]:
     """Turn the words of one response into scaled values. NaN and ±inf become None."""
     if len(words) != request.count:
-        raise MeterError(
-            f"answer to {request.function} read at {request.address} has {len(words)} "
+        raise MeterBadAnswer(
+            f"bad answer: the {request.function} read at {request.address} got {len(words)} "
             f"registers, expected {request.count}"
         )
     values: dict[str, float | None] = {}
@@ -100,17 +102,68 @@ def decode(request: ReadRequest, words: Sequence[int]) -> dict[str, float | None
     return values
 
 
+#: Modbus exception codes (Modbus application protocol v1.1b3, 7), named as in the spec.
+EXCEPTION_NAMES = {
+    0x01: "illegal function",
+    0x02: "illegal data address",
+    0x03: "illegal data value",
+    0x04: "device failure",
+    0x05: "acknowledge",
+    0x06: "device busy",
+    0x08: "memory parity error",
+    0x0A: "gateway path unavailable",
+    0x0B: "gateway target failed to respond",
+}
+
+
+def exception_text(code: int) -> str:
+    """`exception 02 illegal data address`: the code as the spec writes it, and its name."""
+    return f"exception {code:02X} {EXCEPTION_NAMES.get(code, 'not defined by Modbus')}"
+
+
+class _HoldingAnswer(ModbusPDU):
+    """The answer to a register read (FC 0x03), decoded without trusting its byte count:
+    the count and the bytes that came are kept, and `Bus.read` checks them. Registered
+    with the client (pymodbus' documented `register()` for custom responses) in place
+    of pymodbus' own class, which ignores an odd or too small byte count."""
+
+    function_code = 0x03
+    rtu_byte_count_pos = 2  # the RTU framer finds the frame's length there
+    byte_count = -1
+    payload_bytes = 0
+
+    def decode(self, data: bytes) -> None:
+        self.byte_count = data[0] if data else -1
+        self.payload_bytes = max(len(data) - 1, 0)
+        usable = min(max(self.byte_count, 0), self.payload_bytes)
+        self.registers = [int.from_bytes(data[1 + i : 3 + i], "big") for i in range(0, usable - 1, 2)]
+
+
+class _InputAnswer(_HoldingAnswer):
+    """The answer to an input register read (FC 0x04)."""
+
+    function_code = 0x04
+
+
 class Bus:
     """One connection (an RS485 line or a TCP gateway) shared by the meters on it.
 
     Requests on one bus are serialised by a lock. After a failed request the
     connection is closed, so the next request opens it again: that is how the
     client reconnects after the meter, the USB adapter or the link comes back.
+
+    Every answer is checked against its request (function code, unit, byte count)
+    and every failure is one `MeterError` whose message starts with its cause and
+    carries nothing of the library's own wording.
     """
 
     def __init__(self, meter: MeterConfig):
         self.lock = threading.Lock()
         self.requests_sent = 0
+        self.timeout_s, self.retries = meter.timeout_s, meter.retries
+        self.label = meter.bus_label()
+        self.device = meter.device if meter.transport == "rtu" else None
+        self._heard = 0  # bytes received while waiting for the current answer
         if meter.transport == "rtu":
             self.client: ModbusSerialClient | ModbusTcpClient = ModbusSerialClient(
                 port=meter.device or "",
@@ -121,13 +174,24 @@ class Bus:
                 stopbits=meter.stopbits,
                 timeout=meter.timeout_s,
                 retries=meter.retries,
+                trace_packet=self._trace,
             )
-            self.label = f"{meter.device} ({meter.baudrate} {meter.bytesize}{meter.parity}{meter.stopbits})"
         else:
             self.client = ModbusTcpClient(
-                meter.host or "", port=meter.port, timeout=meter.timeout_s, retries=meter.retries
+                meter.host or "",
+                port=meter.port,
+                timeout=meter.timeout_s,
+                retries=meter.retries,
+                trace_packet=self._trace,
             )
-            self.label = f"{meter.host}:{meter.port}"
+        self.client.register(_HoldingAnswer)
+        self.client.register(_InputAnswer)
+
+    def _trace(self, sending: bool, data: bytes) -> bytes:
+        """pymodbus' packet hook: note whether anything came back at all."""
+        if not sending:
+            self._heard = max(self._heard, len(data))
+        return data
 
     def read(self, request: ReadRequest, unit_id: int) -> list[int]:
         """Send one read request and return its registers, or raise a MeterError."""
@@ -138,24 +202,75 @@ class Bus:
         )
         with self.lock:
             self.requests_sent += 1
+            self._heard = 0
             try:
                 response = read(request.address, count=request.count, device_id=unit_id)
-            except (ConnectionException, ModbusIOException) as exc:
+            except ConnectionException:
                 self.client.close()
-                raise MeterTimeout(f"no answer from unit {unit_id} on {self.label}: {_short(exc)}") from None
-            except ModbusException as exc:
+                raise MeterTimeout(f"no connection: {self._unreachable()}") from None
+            except ModbusIOException:
                 self.client.close()
-                raise MeterError(f"bad answer from unit {unit_id} on {self.label}: {_short(exc)}") from None
+                raise self._nothing_valid(unit_id) from None
             except OSError as exc:  # the serial device vanished, a socket error
                 self.client.close()
-                raise MeterTimeout(f"{self.label}: {exc.strerror or exc}") from None
-        if response.isError():
-            code = getattr(response, "exception_code", "?")
-            raise MeterExceptionResponse(
-                f"unit {unit_id} answered exception {code} to function "
-                f"0x{FUNCTION_CODE[request.function]:02x} at {request.address} (count {request.count})"
+                raise MeterTimeout(f"no connection: {self.label}: {exc.strerror or exc}") from None
+            except Exception as exc:  # ModbusException, or a library bug on a strange frame
+                self.client.close()
+                raise MeterBadAnswer(
+                    f"bad answer: unit {unit_id} on {self.label}: an answer the Modbus library "
+                    f"could not decode ({type(exc).__name__})"
+                ) from None
+        return self._check(response, request, unit_id)
+
+    def _unreachable(self) -> str:
+        if self.device is None:
+            return (
+                f"cannot connect to {self.label}, or the connection broke (refused, host down or unreachable)"
             )
-        return list(response.registers)
+        if "://" not in self.device and not os.path.exists(self.device):
+            return f"{self.device} does not exist (USB adapter unplugged?)"
+        return f"cannot use {self.label} (unplugged, busy, or no permission)"
+
+    def _nothing_valid(self, unit_id: int) -> MeterError:
+        tries = f" ({1 + self.retries} tries)" if self.retries else ""
+        if self._heard:
+            return MeterBadAnswer(
+                f"bad answer: {self._heard} bytes on {self.label} but no valid answer from unit "
+                f"{unit_id} within {self.timeout_s:g} s{tries} (a CRC error, line noise, or "
+                "another unit answering)"
+            )
+        return MeterTimeout(
+            f"timeout: no answer from unit {unit_id} on {self.label} within {self.timeout_s:g} s{tries}"
+        )
+
+    def _check(self, response: ModbusPDU, request: ReadRequest, unit_id: int) -> list[int]:
+        """The answer is the one asked for, or a MeterError saying how it is not."""
+        fc = FUNCTION_CODE[request.function]
+        what = f"function 0x{fc:02x} at {request.address} (count {request.count})"
+        answered = response.function_code & 0x7F
+        if response.dev_id != unit_id:
+            problem = f"an answer from unit {response.dev_id} to a request for unit {unit_id}"
+        elif answered != fc:
+            problem = f"unit {unit_id} answered function 0x{answered:02x} to {what}"
+        elif response.isError():
+            raise MeterExceptionResponse(
+                f"{exception_text(response.exception_code)}: unit {unit_id} on {self.label} refused {what}"
+            )
+        elif not isinstance(response, _HoldingAnswer):
+            problem = f"unit {unit_id} answered {what} with a {type(response).__name__}"
+        elif response.byte_count != response.payload_bytes:
+            problem = (
+                f"unit {unit_id}: byte count {response.byte_count} but {response.payload_bytes} "
+                f"bytes follow, answering {what}"
+            )
+        elif response.byte_count != 2 * request.count:
+            expected = 2 * request.count
+            problem = f"unit {unit_id}: byte count {response.byte_count} answering {what} (not {expected})"
+        else:
+            return list(response.registers)
+        with self.lock:
+            self.client.close()  # whatever answers this way: start the next poll afresh
+        raise MeterBadAnswer(f"bad answer: {problem}, on {self.label}")
 
     def close(self) -> None:
         self.client.close()
@@ -190,29 +305,17 @@ class Meter:
 
 
 def open_meters(configs: Iterable[MeterConfig]) -> list[Meter]:
-    """Build meters, giving meters on the same line or gateway one shared Bus.
-    A shared bus waits as long as the most patient of its meters (longest timeout_s,
-    most retries): one client serves them all."""
+    """Build meters (in the order given), giving meters on the same line or gateway one
+    shared Bus. A shared bus waits as long as the most patient of its meters (longest
+    timeout_s, most retries): one client serves them all (config.BusBudget)."""
     configs = list(configs)
-    buses: dict[tuple[object, ...], Bus] = {}
-    meters = []
-    for cfg in configs:
-        key = cfg.bus_key()
-        if key not in buses:
-            same = [c for c in configs if c.bus_key() == key]
-            buses[key] = Bus(
-                replace(cfg, timeout_s=max(c.timeout_s for c in same), retries=max(c.retries for c in same))
-            )
-        bus = buses[key]
-        meters.append(Meter(cfg, bus))
-    return meters
+    buses: dict[int, Bus] = {}
+    for budget in bus_budgets(configs):
+        bus = Bus(replace(budget.meters[0], timeout_s=budget.timeout_s, retries=budget.retries))
+        buses.update((id(cfg), bus) for cfg in budget.meters)
+    return [Meter(cfg, buses[id(cfg)]) for cfg in configs]
 
 
 def close_meters(meters: Iterable[Meter]) -> None:
     for bus in {id(m.bus): m.bus for m in meters}.values():
         bus.close()
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text[:200]

@@ -1,8 +1,9 @@
 """systemd's notify protocol (sd_notify): READY=1, WATCHDOG=1, STOPPING=1, STATUS=...
 
 A datagram to the socket named by $NOTIFY_SOCKET; a no-op when not run by systemd.
-The poll loop sends WATCHDOG=1, so a hung Modbus read stops the pings and
-systemd restarts the service (WatchdogSec= in systemd/edgelog.service).
+`edgelog run`'s main thread sends WATCHDOG=1 while every bus thread makes
+progress, so a hung poll stops the pings and systemd restarts the service
+(WatchdogSec= in systemd/edgelog.service).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ class Notifier:
         self.address = address or None
         usec = os.environ.get("WATCHDOG_USEC", "")
         #: Ping four times per watchdog period: systemd advises at least twice, and the
-        #: poll loop may sleep up to half a second between two chances to ping.
+        #: supervising loop may sleep up to a quarter second between two chances to ping.
         self.watchdog_every_s = int(usec) / 4e6 if usec.isdigit() and int(usec) > 0 else None
         self._last_ping = 0.0
 

@@ -1,13 +1,32 @@
 """A SENTRON PAC3100 simulator: a real pymodbus server serving the pac3100 profile.
 
-The values follow a small isolated 3-phase 127/220 V, 60 Hz plant whose load
-follows a village's day (low at night, a bump at breakfast, the evening peak);
-its energy counters integrate that load. Like the real meter it refuses a read
-that starts or ends inside a value or covers an undocumented address, and
-answers FC 0x03 and 0x04 alike. The values of one poll are one snapshot, taken
-when a request for the first register arrives (a meter refreshes its registers
-once per measuring cycle, not between the requests of one poll). Tests use its knobs to inject faults: a slow
-answer (`delay_s`), an exception response (`exception_code`), forced values
+The values follow a small isolated 3-phase 127/220 V, 60 Hz pico hydro plant
+whose load follows a village's day (low at night, a bump at breakfast, the
+evening peak); its energy counters integrate that load (the undisturbed one:
+the disturbances below leave the counters alone).
+
+The plant has an electronic load controller (ELC): the turbine gives the
+water's power (`Plant.hydraulic_w`) all the time and the controller dumps what
+the village does not take into a ballast load, so the frequency stays at 60 Hz
+(within ±0.05 Hz) whatever the load, as long as the load is below the water's
+power. Above it there is nothing left to dump: the machine slows until the
+load it feeds equals the water's power. With constant-impedance loads and a
+voltage that follows the speed (V/f constant), the village's demand D against
+the water's power W gives f = 60 / sqrt(D/W) Hz, voltages / sqrt(D/W) and every
+power x W/D: frequency and voltage sag together.
+
+Disturbances on a schedule (`Plant.schedule`, `parse_schedule`, `edgelog
+simulate --schedule`): an outage (0 V, 0 A, 0 W, 0 Hz), an overload (the
+village demands a multiple of the water's power) and a voltage held at a value
+(a precarious or critical voltage), at a given time or every day; the first
+listed wins where two of a kind overlap. `Plant.day_variation` makes days differ.
+
+Like the real meter it refuses a read that starts or ends inside a value or
+covers an undocumented address, and answers FC 0x03 and 0x04 alike. The values
+of one poll are one snapshot, taken when a request for the first register
+arrives (a meter refreshes its registers once per measuring cycle, not between
+the requests of one poll). Tests use its knobs to inject faults: a slow answer
+(`delay_s`), an exception response (`exception_code`), forced values
 (`override`, e.g. NaN), and read `requests` / `served` to see what went out.
 """
 
@@ -15,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import cmath
+import datetime as dt
 import functools
 import hashlib
 import logging
@@ -32,6 +52,7 @@ from pymodbus.pdu import ModbusPDU
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
+from .errors import EdgelogError
 from .profiles import PAC3100, Profile
 
 log = logging.getLogger(__name__)
@@ -121,23 +142,136 @@ def energy_counters(t: float, local_offset_h: float = -3.0) -> dict[str, float]:
     }
 
 
-def plant_values(t: float, local_offset_h: float = -3.0) -> dict[str, float]:
+@dataclass(frozen=True)
+class Disturbance:
+    """An outage, an overload or a held voltage, once (`start`) or every day (`daily_s`)."""
+
+    kind: str  # "outage" | "overload" | "voltage"
+    duration_s: float
+    start: float | None = None  # unix seconds
+    daily_s: float | None = None  # seconds after local midnight, every day
+    value: float | None = None  # overload: demand / water's power; voltage: phase-neutral V
+
+    def active(self, t: float, local_offset_h: float) -> bool:
+        if self.start is not None:
+            return self.start <= t < self.start + self.duration_s
+        assert self.daily_s is not None
+        since = (t + local_offset_h * 3600.0 - self.daily_s) % 86400.0
+        return since < self.duration_s
+
+
+KINDS = {"outage": None, "overload": (1.0, 10.0), "voltage": (0.0, 300.0)}
+
+
+def parse_schedule(text: str) -> tuple[Disturbance, ...]:
+    """`KIND@WHEN+DURATION[=VALUE]`, comma-separated. WHEN: an ISO date-time (UTC unless it
+    has a zone) or HH:MM (local, every day); DURATION: 90s, 20m, 2h; VALUE: an overload's
+    demand as a multiple of the water's power (1.2), a voltage's volts (114).
+    E.g. "outage@2026-06-02T22:00Z+20m,overload@19:00+45m=1.25,voltage@03:00+2h=114"."""
+    out = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        out.append(_disturbance(item))
+    return tuple(out)
+
+
+def _disturbance(item: str) -> Disturbance:
+    def bad(why: str) -> EdgelogError:
+        return EdgelogError(f"simulate --schedule: {item!r}: {why} (say e.g. overload@19:00+45m=1.25)")
+
+    kind, at, rest = item.partition("@")
+    if kind not in KINDS or not at:
+        raise bad(f"say one of {', '.join(KINDS)}, then @")
+    when, plus, rest = rest.partition("+")
+    duration, equals, value_text = rest.partition("=")
+    if not plus:
+        raise bad("no +DURATION")
+    units = {"s": 1, "m": 60, "h": 3600}
+    try:
+        duration_s = float(duration[:-1]) * units[duration[-1]]
+        value = float(value_text) if equals else None
+    except (KeyError, ValueError, IndexError):
+        raise bad("DURATION is a number and s, m or h; VALUE a number") from None
+    if not 0 < duration_s <= 86400 * 366 or (value is not None and not math.isfinite(value)):
+        raise bad("DURATION must be positive and at most a year")
+    bounds = KINDS[kind]
+    if (bounds is None) != (value is None) or (bounds and not bounds[0] <= value <= bounds[1]):  # type: ignore[operator]
+        raise bad(
+            "an outage has no =VALUE"
+            if bounds is None
+            else f"{kind} needs =VALUE in {bounds[0]:g}–{bounds[1]:g}"
+        )
+    if len(when) == 5 and when[2] == ":":
+        try:
+            clock = dt.time.fromisoformat(when)
+        except ValueError:
+            raise bad("HH:MM is not a time of day") from None
+        return Disturbance(kind, duration_s, daily_s=clock.hour * 3600.0 + clock.minute * 60.0, value=value)
+    try:
+        moment = dt.datetime.fromisoformat(when.replace("Z", "+00:00"))
+    except ValueError:
+        raise bad("WHEN is an ISO date-time or HH:MM") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.UTC)
+    return Disturbance(kind, duration_s, start=moment.timestamp(), value=value)
+
+
+@dataclass(frozen=True)
+class Plant:
+    """The simulated plant: the water's power, the village's evening peak, the disturbances."""
+
+    hydraulic_w: float = 10_000.0
+    peak_w: float = PEAK_W
+    schedule: tuple[Disturbance, ...] = ()
+    #: Each local day's load x (1 ± this), drawn per date, and weekends x (1 + this) at midday:
+    #: days that differ, for the typical-day chart. 0: every day the same (the default).
+    day_variation: float = 0.0
+
+    def day_factor(self, t: float, local_offset_h: float) -> float:
+        if not self.day_variation:
+            return 1.0
+        local = t + local_offset_h * 3600.0
+        day = math.floor(local / 86400.0)
+        hour = (local % 86400.0) / 3600.0
+        weekend = dt.date.fromordinal(719163 + day).weekday() >= 5  # 719163: 1970-01-01
+        return 1 + self.day_variation * (_noise(day * 86400.0, "day") + weekend * _bump(hour, 12.5, 2.5))
+
+    def active(self, t: float, local_offset_h: float, kind: str) -> Disturbance | None:
+        return next((d for d in self.schedule if d.kind == kind and d.active(t, local_offset_h)), None)
+
+
+DEFAULT_PLANT = Plant()
+
+
+def plant_values(t: float, local_offset_h: float = -3.0, plant: Plant = DEFAULT_PLANT) -> dict[str, float]:
     """Every PAC3100 value at unix time `t` (local time = UTC + offset, Brasília -3): the
     twenty instantaneous values and the two energy counters."""
     hour = ((t / 3600.0) + local_offset_h) % 24
-    load = load_fraction(hour) * (1 + 0.03 * _noise(t, "load"))
+    load = load_fraction(hour) * (1 + 0.03 * _noise(t, "load")) * plant.day_factor(t, local_offset_h)
+    held = plant.active(t, local_offset_h, "voltage")
+    parts = []
+    for k, share in enumerate(PHASE_SHARE, start=1):
+        p = plant.peak_w * load * share * (1 + 0.05 * _noise(t, f"p{k}"))
+        pf = 0.97 - 0.08 * load + 0.01 * _noise(t, f"pf{k}")
+        u = held.value if held is not None else NOMINAL_V * (1.03 - 0.07 * load)
+        parts.append((p, p * math.tan(math.acos(pf)), u + 0.4 * _noise(t, f"u{k}")))
+    if (over := plant.active(t, local_offset_h, "overload")) is not None:  # demand = value x water
+        scale = over.value * plant.hydraulic_w / sum(p for p, _, _ in parts)  # type: ignore[operator]
+        parts = [(p * scale, q * scale, u) for p, q, u in parts]
+    # The electronic load controller: 60 Hz while the demand is below the water's power.
+    ratio = max(1.0, sum(p for p, _, _ in parts) / plant.hydraulic_w)
+    f = NOMINAL_HZ + 0.03 * math.sin(t / 37.0) + 0.02 * _noise(t, "f")
+    sag = 1 / math.sqrt(ratio)  # above it: frequency and voltage sag together, powers x 1/ratio
+    if plant.active(t, local_offset_h, "outage") is not None:
+        sag, f = 0.0, 0.0
     v: dict[str, float] = {}
     volts, amps = [], []
-    for k, share in enumerate(PHASE_SHARE, start=1):
-        p = PEAK_W * load * share * (1 + 0.05 * _noise(t, f"p{k}"))
-        pf = 0.97 - 0.08 * load + 0.01 * _noise(t, f"pf{k}")
-        q = p * math.tan(math.acos(pf))
+    for k, (p, q, u) in enumerate(parts, start=1):
+        p, q, u = p * sag**2, q * sag**2, u * sag
         s = math.hypot(p, q)
-        u = NOMINAL_V * (1.03 - 0.07 * load) + 0.4 * _noise(t, f"u{k}")
-        i = s / u
+        i = s / u if u else 0.0
         angle = -2 * math.pi / 3 * (k - 1)
         volts.append(cmath.rect(u, angle))
-        amps.append(cmath.rect(i, angle - math.acos(pf)))
+        amps.append(cmath.rect(i, angle - math.atan2(q, p) if s else angle))
         v[f"tensao_l{k}_n"] = u
         v[f"corrente_l{k}"] = i
         v[f"potencia_aparente_l{k}"] = s
@@ -147,7 +281,7 @@ def plant_values(t: float, local_offset_h: float = -3.0) -> dict[str, float]:
     v["tensao_l2_l3"] = abs(volts[1] - volts[2])
     v["tensao_l3_l1"] = abs(volts[2] - volts[0])
     v["corrente_neutro"] = abs(sum(amps))
-    v["frequencia"] = NOMINAL_HZ + 0.12 * math.sin(t / 37.0) - 0.25 * (load - 0.5) + 0.02 * _noise(t, "f")
+    v["frequencia"] = f * sag if sag else 0.0
     v.update(energy_counters(t, local_offset_h))
     return v
 
@@ -179,6 +313,7 @@ class Pac3100Simulator:
     unit_id: int = PAC3100.unit_id
     profile: Profile = PAC3100
     clock: Callable[[], float] = time.time
+    plant: Plant = DEFAULT_PLANT
     delay_s: float = 0.0
     exception_code: ExcCodes | None = None
     override: dict[str, float] = field(default_factory=dict)
@@ -207,7 +342,7 @@ class Pac3100Simulator:
 
     def current_values(self) -> dict[str, float]:
         """The values as the registers hold them (float32 values rounded to float32)."""
-        raw = plant_values(self.clock())
+        raw = plant_values(self.clock(), plant=self.plant)
         values = {
             reg.name: as_float32(raw[reg.name]) if reg.type == "float32" else raw[reg.name]
             for reg in self.profile.registers

@@ -6,7 +6,10 @@ Health
   (MariaDB or its link has been away too long, or the worker cannot keep up), or
   when a meter of the config has had no successful reading for more than
   `silent_intervals` of its sampling intervals (meter, wiring or `edgelog run`
-  down), or when the clock is implausible (before 2026: every age is wrong);
+  down), or when the clock is implausible (before 2026: every age is wrong), or
+  at once when the configuration has a problem no retry can fix (the password
+  file missing, readable by others, not a file or empty), seen here or recorded
+  by the sync worker (`last_error_kind = "config"`), with the fix;
 * **healthy** (exit 0) otherwise. MariaDB being unreachable *now* is not by itself
   degraded: readings wait in the buffer, that is the design; it becomes degraded
   through the backlog's age;
@@ -24,6 +27,7 @@ MariaDB and the kernel's clock state. Nothing is written.
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -33,15 +37,19 @@ from typing import Any
 from . import clock, human
 from .buffer import Buffer
 from .clock import utc_iso
-from .config import Config
-from .errors import EdgelogError
+from .config import Config, MariaDBConfig, check_private_file, password_line
+from .errors import ConfigError, EdgelogError
 from .sync import MariaDBSink
+from .sync.nodes import NODE_KEY, NODES_FAILED_KEY, parse_failed
+from .sync.worker import ERROR_KIND_KEY, SYNC_PATH_KEY
 
 #: Default of `--max-lag`: a backlog older than this is degraded.
 DEFAULT_MAX_LAG_S = 1800.0
 #: Default of `--max-silence`: a meter without a reading for this many intervals is silent.
 DEFAULT_SILENT_INTERVALS = 10
 HOUR_S = 3600.0
+#: The cause of a gap row: its `error` up to the first ": " (meter.py, service.SKIPPED).
+CAUSE_MAX_CHARS = 48
 
 
 @dataclass
@@ -53,7 +61,14 @@ class MeterState:
     last_poll_error: str | None = None
     polls_last_hour: int = 0
     failed_polls_last_hour: int = 0
+    #: gap rows of the last hour by cause: "timeout", "exception 02 illegal data address",
+    #: "skipped" (a slot its bus was too busy to poll), ...
+    gaps_last_hour: dict[str, int] = field(default_factory=dict)
     silent: bool = False
+
+    @property
+    def skipped_last_hour(self) -> int:
+        return self.gaps_last_hour.get("skipped", 0)
 
     def age_s(self, now: float) -> float | None:
         return None if self.last_reading_at is None else now - self.last_reading_at
@@ -71,10 +86,19 @@ class Health:
     disk_free_bytes: int | None = None
     disk_total_bytes: int | None = None
     sync_rate: float | None = None
+    #: how the sink writes backlog batches, as the worker recorded it: "binary", or
+    #: "plain (why)"; None until a worker has run
+    sync_path: str | None = None
     mariadb_reachable: bool | None = None
     mariadb_error: str | None = None
+    #: the node (server) the sync worker last wrote through, and the ones whose last try
+    #: failed: label -> {"error", "at"} (from the buffer meta the worker keeps)
+    mariadb_node: str | None = None
+    mariadb_nodes_failed: dict[str, dict[str, Any]] = field(default_factory=dict)
     clock_synchronised: bool | None = None
     clock_plausible: bool = True
+    #: a configuration problem no retry can fix, with its fix (None: none seen)
+    config_problem: str | None = None
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -118,6 +142,12 @@ class Health:
         data.update(
             mariadb_reachable=self.mariadb_reachable,
             mariadb_error=self.mariadb_error,
+            mariadb_node=self.mariadb_node,
+            mariadb_nodes_failed={
+                label: {"error": f.get("error"), "since": utc_iso(_float_or_none(f.get("at")))}
+                for label, f in self.mariadb_nodes_failed.items()
+            },
+            config_problem=self.config_problem,
             state=self.state,
             problems=list(self.problems),
             warnings=list(self.warnings),
@@ -125,6 +155,7 @@ class Health:
             lag_s=_round(self.lag_s),
             max_lag_s=self.max_lag_s,
             sync_rate_rows_per_s=_round(self.sync_rate),
+            sync_path=self.sync_path,
             drain_eta_s=_round(self.drain_eta_s),
             buffer_max_bytes=self.buffer_max_bytes,
             disk_free_bytes=self.disk_free_bytes,
@@ -141,6 +172,8 @@ class Health:
                     "last_poll_error": m.last_poll_error,
                     "polls_last_hour": m.polls_last_hour,
                     "failed_polls_last_hour": m.failed_polls_last_hour,
+                    "gaps_last_hour": dict(m.gaps_last_hour),
+                    "skipped_last_hour": m.skipped_last_hour,
                     "silent": m.silent,
                 }
                 for m in self.meters
@@ -170,6 +203,9 @@ def evaluate(
         now = time.time() if now is None else now
         meters = _meters(buffer, cfg, now, silent_intervals)
         rate = buffer.sync_rate()
+        sync_path = buffer.get_meta(SYNC_PATH_KEY)
+        node, failed = buffer.get_meta(NODE_KEY), parse_failed(buffer.get_meta(NODES_FAILED_KEY))
+        recorded_kind = buffer.get_meta(ERROR_KIND_KEY)
     finally:
         buffer.close()
     health = Health(
@@ -181,7 +217,13 @@ def evaluate(
         max_lag_s=max_lag_s,
         silent_intervals=silent_intervals,
         sync_rate=rate,
+        sync_path=sync_path,
+        mariadb_node=node,
+        mariadb_nodes_failed=failed,
     )
+    health.config_problem = password_problem(cfg.mariadb)
+    if health.config_problem is None and recorded_kind == "config" and status.last_error:
+        health.config_problem = status.last_error  # what `run` sees, as its user
     try:
         usage = shutil.disk_usage(Path(cfg.buffer.path).parent)
         health.disk_free_bytes, health.disk_total_bytes = usage.free, usage.total
@@ -192,6 +234,8 @@ def evaluate(
         try:
             sink.ping()
             health.mariadb_reachable = True
+        except ConfigError as exc:  # not asked: e.g. this user may not read the password file
+            health.mariadb_error = f"not checked: {exc}"
         except EdgelogError as exc:
             health.mariadb_reachable, health.mariadb_error = False, str(exc)
         finally:
@@ -202,18 +246,50 @@ def evaluate(
     return health
 
 
+def password_problem(c: MariaDBConfig) -> str | None:
+    """What is wrong with the password file for any user, with the fix (missing, readable
+    by others, not a regular file, empty), or None. A file this user may not read is not
+    a problem: the service user may."""
+    if c.password_file is None:
+        return None
+    try:
+        os.stat(c.password_file)
+    except PermissionError:
+        return None
+    except OSError:
+        pass  # check_private_file says what
+    try:
+        check_private_file(c.password_file, "[mariadb] password_file", owner_only=True)
+        if os.access(c.password_file, os.R_OK):
+            password_line(c.password_file)
+    except ConfigError as exc:
+        return str(exc)
+    return None
+
+
+def _float_or_none(text: Any) -> float | None:
+    try:
+        value = float(text) if text is not None else None
+    except (TypeError, ValueError):
+        return None
+    return value if value is not None and math.isfinite(value) and value > 0 else None
+
+
 def _meters(buffer: Buffer, cfg: Config, now: float, silent_intervals: float) -> list[MeterState]:
     states = {m.name: MeterState(m.name, m.interval_s) for m in cfg.meters}
     # The last hour, newest first by seq (the rowid: no index needed). Enough rows for
     # every configured meter's hour at its interval, twice over.
     expected = sum(HOUR_S / m.interval_s for m in cfg.meters) if cfg.meters else 3600.0
     limit = int(min(2 * expected + 1000, 2_000_000))
-    for meter, at, failed in buffer.recent_polls(limit):
+    for meter, at, error in buffer.recent_polls(limit):
         if at < now - HOUR_S or at > now + 60:
             continue
         state = states.setdefault(meter, MeterState(meter, None))
         state.polls_last_hour += 1
-        state.failed_polls_last_hour += int(failed)
+        if error is not None:
+            state.failed_polls_last_hour += 1
+            cause = gap_cause(error)
+            state.gaps_last_hour[cause] = state.gaps_last_hour.get(cause, 0) + 1
     for name, state in states.items():
         good = buffer.newest(name, good_only=True)
         state.last_reading_at = good.measured_at if good else None
@@ -226,9 +302,17 @@ def _meters(buffer: Buffer, cfg: Config, now: float, silent_intervals: float) ->
     return list(states.values())
 
 
+def gap_cause(error: str) -> str:
+    """The cause of a gap row: its `error` up to the first ": " (`timeout`, `no connection`,
+    `exception 02 illegal data address`, `bad answer`, `skipped`)."""
+    return _clip(error.partition(": ")[0], CAUSE_MAX_CHARS)
+
+
 def judge(health: Health) -> None:
     """Fill `problems` (degraded) and `warnings` (shown only)."""
     h = health
+    if h.config_problem:
+        h.problems.append(f"configuration: {h.config_problem}")
     if not h.clock_plausible:
         h.problems.append(f"the clock says {human.instant(h.now)}, before 2026: it restarted in the past")
     lag = h.lag_s
@@ -249,11 +333,15 @@ def judge(health: Health) -> None:
             )
     if h.mariadb_reachable is False and (lag is None or lag <= h.max_lag_s):
         h.warnings.append("MariaDB unreachable now; readings wait in the buffer")
+    if h.mariadb_reachable is None and h.mariadb_error and not h.config_problem:
+        h.warnings.append(f"MariaDB {h.mariadb_error}")
     if h.clock_synchronised is False and h.clock_plausible:
         h.warnings.append("clock not synchronised: new readings are flagged clock_ok=0")
     for key, value in h.buffer.items():
         if (key.startswith(("dropped", "quarantin")) or "corrupt" in key) and _nonzero(value):
             h.warnings.append(f"{key.replace('_', ' ')}: {_show(key, value, h.now)}")
+    if h.sync_path and h.sync_path.startswith("plain (fast path"):
+        h.warnings.append(f"backlog batches take the slower {h.sync_path}")
     if h.buffer.get("unsent") and h.sync_rate is None and h.mariadb_reachable:
         h.warnings.append("drain rate unknown until the sync worker records one")
 
@@ -308,6 +396,11 @@ def render(h: Health, colour: bool = False) -> str:
         elif m.interval_s is None:
             text += "  (not in config)"
         lines.append(text)
+        if m.gaps_last_hour:
+            causes = sorted(m.gaps_last_hour.items(), key=lambda kv: (-kv[1], kv[0]))
+            shown = ", ".join(f"{human.count(n)} {cause}" for cause, n in causes[:3])
+            more = f", {len(causes) - 3} more causes" if len(causes) > 3 else ""
+            lines.append(f"{'':26}gaps (1 h): {_clip(shown + more, 54)}")
         if m.last_poll_error and (m.last_reading_at is None or (m.last_poll_at or 0) > m.last_reading_at):
             lines.append(f"{'':26}last poll failed: {_clip(m.last_poll_error, 50)}")
     lines.append("")
@@ -348,6 +441,7 @@ def render(h: Health, colour: bool = False) -> str:
         # "MariaDB user@host:port/db: (2003) Can't connect ...": the cause is after the first ": "
         cause = (h.mariadb_error or "").partition(": ")[2] or h.mariadb_error
         lines.append("MariaDB  " + human.paint("unreachable now", "yellow", colour) + ": " + _clip(cause, 54))
+    lines += _node_lines(h)
     losses = [f"{human.count(b.get('dropped_total') or 0)} dropped"]
     quarantine = [(k, v) for k, v in b.items() if _is_quarantine_count(k, v)]
     losses += [f"{_show(k, v, now)} {k.replace('_', ' ')}" for k, v in quarantine]
@@ -371,6 +465,18 @@ def render(h: Health, colour: bool = False) -> str:
     for w in h.warnings:
         lines.append(human.paint(f"Note     {w}", "yellow", colour))
     return "\n".join(lines)
+
+
+def _node_lines(h: Health) -> list[str]:
+    """The node the worker writes through and the ones that failed, as it recorded them."""
+    lines = [f"         sync writes through {h.mariadb_node}"] if h.mariadb_node else []
+    for label, failure in h.mariadb_nodes_failed.items():
+        error = str(failure.get("error") or "")
+        cause = error.rpartition(f"{label}/")[2].partition(": ")[2] or error
+        since = _float_or_none(failure.get("at"))
+        when = f" (failing since {_ago(since, h.now)})" if since else ""
+        lines.append(f"         {label} failed{when}: {_clip(cause, 40)}")
+    return lines
 
 
 def _is_quarantine_count(key: str, value: Any) -> bool:

@@ -6,13 +6,17 @@ session, the meter is pymodbus's server running the PAC3100 simulator.
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
+from collections import defaultdict
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -148,7 +152,8 @@ def meter_toml(port: int, name: str = "pac1", interval_s: float = 1.0, **extra: 
         'host = "127.0.0.1"',
         f"port = {port}",
         f"interval_s = {interval_s}",
-        "timeout_s = 0.5",
+        # within the bus's time budget (timeout_s < interval_s), as the config requires
+        f"timeout_s = {round(min(0.5, 0.75 * interval_s), 3)}",
     ]
     lines += [f"{k} = {_toml_value(v)}" for k, v in extra.items()]
     return "\n".join(lines) + "\n"
@@ -186,9 +191,22 @@ def edgelog(
     return result
 
 
-def start_edgelog(*args: str, config: Path, log: Path) -> subprocess.Popen[bytes]:
+#: tests/inject/sitecustomize.py: test-only faults injected inside an `edgelog` process.
+INJECT = ROOT / "tests" / "inject"
+
+
+def start_edgelog(
+    *args: str, config: Path, log: Path, fault: str | None = None, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """`edgelog --config CONFIG ARGS` in the background, its output appended to `log`.
+    `fault` (even "") puts tests/inject first on PYTHONPATH with EDGELOG_TEST_FAULT=fault."""
     cmd = [sys.executable, "-m", "edgelog", "--config", str(config), *args]
-    return subprocess.Popen(cmd, stdout=log.open("ab"), stderr=subprocess.STDOUT, env=_env())
+    full = _env()
+    if fault is not None:
+        full["PYTHONPATH"] = f"{INJECT}{os.pathsep}{ROOT}"
+        full["EDGELOG_TEST_FAULT"] = fault
+    full.update(env or {})
+    return subprocess.Popen(cmd, stdout=log.open("ab"), stderr=subprocess.STDOUT, env=full)
 
 
 def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 30) -> int:
@@ -212,3 +230,35 @@ def _env() -> dict[str, str]:
     env.pop("NOTIFY_SOCKET", None)
     env["PYTHONPATH"] = str(ROOT)
     return env
+
+
+# -- one row per slot ---------------------------------------------------------------------
+
+
+def rows_by_meter(buffer: Path) -> dict[str, list[tuple[float, str | None]]]:
+    """(measured_at, error) of every row of the buffer, per meter, in seq order (read-only)."""
+    with closing(sqlite3.connect(f"file:{buffer}?mode=ro", uri=True, timeout=30)) as conn:
+        rows = conn.execute("SELECT meter, measured_at, error FROM readings ORDER BY seq").fetchall()
+    out: dict[str, list[tuple[float, str | None]]] = defaultdict(list)
+    for meter, at, error in rows:
+        out[meter].append((at, error))
+    return out
+
+
+def common_slots(rows: dict[str, list[tuple[float, Any]]], interval: float) -> range:
+    """The slots every meter was polled through: from the latest first slot to the
+    earliest last one (the threads start, and stop, a moment apart)."""
+    first = max(min(math.floor(at / interval) for at, _ in r) for r in rows.values())
+    last = min(max(math.floor(at / interval) for at, _ in r) for r in rows.values())
+    return range(first, last + 1)
+
+
+def one_row_per_slot(meter_rows: list[tuple[float, Any]], slots: range, interval: float) -> list[Any]:
+    """The `error` of the meter's row in each slot; fails unless there is exactly one."""
+    by_slot: dict[int, list[Any]] = defaultdict(list)
+    for at, error in meter_rows:
+        by_slot[math.floor(at / interval)].append(error)
+    missing = [k for k in slots if k not in by_slot]
+    doubled = [k for k in slots if len(by_slot.get(k, [])) > 1]
+    assert not missing and not doubled, (missing, doubled)
+    return [by_slot[k][0] for k in slots]

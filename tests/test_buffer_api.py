@@ -366,10 +366,10 @@ class TestBufferContract:
         assert buffer.newest("pac9") is None
 
     def test_recent_polls(self, buffer: Buffer) -> None:
-        """recent_polls(limit): the newest rows, newest first, as (meter, measured_at, failed)."""
+        """recent_polls(limit): the newest rows, newest first, as (meter, measured_at, error)."""
         fill(buffer, 2, start=10.0)
         buffer.append("pac2", 30.0, None, error="x")
-        assert [tuple(p) for p in buffer.recent_polls(2)] == [("pac2", 30.0, True), ("pac1", 11.0, False)]
+        assert [tuple(p) for p in buffer.recent_polls(2)] == [("pac2", 30.0, "x"), ("pac1", 11.0, None)]
 
     def test_newest_trusted_at(self, buffer: Buffer) -> None:
         """newest_trusted_at(): measured_at of the newest reading stored with clock_ok."""

@@ -323,3 +323,72 @@ def test_idle_s_is_the_time_a_running_poll_may_wait_for_its_commit() -> None:
     assert firsts and all(w == 0.0 for w in firsts)
     assert seconds and all(w == pytest.approx(0.8) for w in seconds)
     assert not a.job.running and not b.job.running
+
+
+# -- missed slots, handed over one by one -------------------------------------------------
+
+
+def test_each_missed_slot_is_handed_to_on_missed_at_its_grid_instant() -> None:
+    """What the service stores as gap rows: every boundary is either run or missed, once."""
+    fake, cadence = make()
+    slow = {5, 17, 40}
+    missed: list[float] = []
+    runs: list[Run] = []
+
+    def body() -> None:
+        runs.append(Run(fake.wall_s, fake.mono_s, job.due_at or 0.0))
+        fake.advance(3.5 if len(runs) - 1 in slow else 0.08)
+
+    job = cadence.every(1.0, body, on_missed=missed.extend)
+    drive(cadence, fake, 100)
+    assert job.stats.missed == len(missed) == 3 * len(slow)
+    assert all(m == math.floor(m) for m in missed)  # on the grid, exactly
+    covered = sorted([r.due for r in runs] + missed)
+    first = covered[0]
+    assert covered == [first + i for i in range(len(covered))]  # each boundary once, no hole
+
+
+def test_a_job_whose_slot_passed_while_another_ran_runs_for_the_slot_it_is_in() -> None:
+    """Two meters on one bus: the first one's poll takes 1.5 s once; the second, due at the
+    same boundary, starts after its own slot is over. It runs for the current slot (its
+    reading lands in it), and the slot that passed is missed, not left without a row."""
+    fake, cadence = make()
+    a = add(cadence, fake, 1.0, duration=lambda i: 1.5 if i == 3 else 0.05)
+    missed_b: list[float] = []
+    b = Recorder(fake, duration=lambda _i: 0.05)
+    b.job = cadence.every(1.0, b, on_missed=missed_b.extend)
+    drive(cadence, fake, 10)
+    assert a.job is not None
+    late = next(r for r in b.runs if r.wall - r.due >= 0.4)  # 1.5 s after its boundary
+    assert late.due == math.floor(late.wall)  # running for the slot it is in
+    assert missed_b == [late.due - 1.0]  # the slot that passed meanwhile
+    dues = [r.due for r in b.runs]
+    covered = sorted(dues + missed_b)
+    assert covered == [covered[0] + i for i in range(len(covered))]
+    assert b.job.stats.missed == 1
+
+
+def test_a_run_whose_sample_lands_in_a_later_slot_covers_that_slot_and_misses_its_own() -> None:
+    """A poll that overran its own slot: its reading is stamped when the answer came. The
+    slot of that stamp is covered by it; its own slot, and those between, are missed."""
+    fake, cadence = make()
+    missed: list[float] = []
+    covered: list[float] = []
+    runs = 0
+
+    def poll() -> float:
+        nonlocal runs
+        runs += 1
+        fake.advance(2.6 if runs == 4 else 0.05)
+        stamp = fake.wall_s  # the answer came at the end of the run
+        covered.append(math.floor(stamp))
+        return stamp
+
+    job = cadence.every(1.0, poll, on_missed=missed.extend)
+    drive(cadence, fake, 30)
+    slow_due = sorted(covered)[2] + 1.0  # the 4th run's own slot
+    assert missed == [slow_due, slow_due + 1.0]  # its own slot, and the one after
+    assert slow_due + 2.0 in covered  # the slot its answer landed in
+    every = sorted(covered + missed)
+    assert every == [every[0] + i for i in range(len(every))]  # each slot once, no hole
+    assert job.stats.missed == 2

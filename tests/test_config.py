@@ -11,12 +11,14 @@ import os
 import re
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 from conftest import ROOT, edgelog
 
 from edgelog import config
+from edgelog.buffer import Buffer, Space
 from edgelog.cli import build_parser
 from edgelog.errors import ConfigError
 from edgelog.profiles import PAC3100, Register
@@ -195,22 +197,22 @@ def test_unknown_keys_are_errors_naming_the_key(tmp_path: Path, parts: dict[str,
         ({"mariadb": "port = 0"}, "[mariadb] port: must be 1–65535, got 0"),
         ({"mariadb": 'port = "abc"'}, '[mariadb] port: must be an integer, got "abc"'),
         ({"mariadb": "batch_size = true"}, "[mariadb] batch_size: must be an integer, got True"),
-        ({"mariadb": "connect_timeout_s = -1"}, "[mariadb] connect_timeout_s: must be a positive number"),
+        ({"mariadb": "connect_timeout_s = -1"}, "[mariadb] connect_timeout_s: must be 0.1–3600, got -1.0"),
         (
             {"mariadb": "ssl_verify_identity = 1"},
             "[mariadb] ssl_verify_identity: must be true or false, got 1",
         ),
         ({"meter": 'parity = "X"'}, "[meters[0]] parity: must be one of 'N', 'E', 'O', got \"X\""),
         ({"meter": "stopbits = 3"}, "[meters[0]] stopbits: must be 1–2, got 3"),
-        ({"meter": "baudrate = 12"}, "[meters[0]] baudrate: must be a baud rate"),
+        ({"meter": "baudrate = 12"}, "[meters[0]] baudrate: must be 300–1000000, a baud rate such as 9600"),
         ({"meter": "unit_id = 300"}, "[meters[0]] unit_id: must be 0–247, got 300"),
-        ({"meter": "timeout_s = 0"}, "[meters[0]] timeout_s: must be 0.05–60, got 0.0"),
+        ({"meter": "timeout_s = 0"}, "[meters[0]] timeout_s: must be 0.01–60, got 0.0"),
         ({"meter": 'interval_s = "1"'}, '[meters[0]] interval_s: must be a number, got "1"'),
         ({"meter": "interval_s = nan"}, "[meters[0]] interval_s: must be 0.05–86400, got nan"),
         ({"meter": 'profile = "pac9999"'}, "[meters[0]] profile: unknown profile 'pac9999'"),
         ({"meter": 'registers = "x"'}, '[meters[0]] registers: must be an array of tables, got "x"'),
-        ({"top": "[buffer]\nmax_mb = 0"}, "[buffer] max_mb: must be a positive number, got 0.0"),
-        ({"top": "[sync]\nbackoff_max_s = inf"}, "[sync] backoff_max_s: must be a positive number, got inf"),
+        ({"top": "[buffer]\nmax_mb = 0"}, "[buffer] max_mb: must be 0.5–1000000, got 0.0"),
+        ({"top": "[sync]\nbackoff_max_s = inf"}, "[sync] backoff_max_s: must be 0.05–86400, got inf"),
         (
             {"registers": 'name = "frequencia"\ntype = "float16"'},
             "[meters[0].registers[0]] type: must be one of 'int16', ",
@@ -353,7 +355,7 @@ def test_password_file_readable_by_others_is_refused_with_a_chmod_hint(tmp_path:
 def test_a_missing_password_file_is_a_config_error(tmp_path: Path) -> None:
     missing = tmp_path / "nope"
     cfg = config.load(write(tmp_path, document(mariadb=f'password_file = "{missing}"')))
-    with pytest.raises(ConfigError, match=r"\[mariadb\] password_file: cannot read .*nope"):
+    with pytest.raises(ConfigError, match=r"\[mariadb\] password_file: .*nope does not exist; create it"):
         cfg.mariadb.read_password()
 
 
@@ -361,7 +363,11 @@ def test_a_password_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> N
     secret = tmp_path / "pw"
     secret.write_bytes(b"senha\xe7\n")
     secret.chmod(0o600)
+    message = load_error(tmp_path, document(mariadb=f'password_file = "{secret}"'))
+    assert f"[mariadb] password_file: {secret} is not UTF-8 text" in message
+    secret.write_text("senha\n")
     cfg = config.load(write(tmp_path, document(mariadb=f'password_file = "{secret}"')))
+    secret.write_bytes(b"senha\xe7\n")  # broken while `run` runs: refused at the next read
     with pytest.raises(ConfigError, match=r"\[mariadb\] password_file: .*pw is not UTF-8 text"):
         cfg.mariadb.read_password()
 
@@ -507,3 +513,196 @@ def test_a_group_readable_password_file_is_refused_too(tmp_path: Path) -> None:
         cfg.read_password()
     secret.chmod(0o600)
     assert cfg.read_password() == "s3cret"
+
+
+# -- a documented range for every number ------------------------------------------------
+
+#: (section, key, lowest, highest): each numeric key and its range, as in the README.
+BOUNDS = [
+    ("buffer", "max_mb", 0.5, 1_000_000),
+    ("buffer", "keep_sent_days", 0, 3650),
+    ("buffer", "commit_every_s", 0, 60),
+    ("mariadb", "port", 1, 65535),
+    ("mariadb", "batch_size", 1, 100_000),
+    ("mariadb", "connect_timeout_s", 0.1, 3600),
+    ("mariadb", "read_timeout_s", 0.1, 3600),
+    ("mariadb", "write_timeout_s", 0.1, 3600),
+    ("sync", "interval_s", 0.05, 86400),
+    ("sync", "backoff_initial_s", 0.05, 86400),
+    ("sync", "backoff_max_s", 0.05, 86400),
+    ("sync", "quarantine_after", 1, 1000),
+    ("meter", "unit_id", 0, 247),
+    ("meter", "interval_s", 0.05, 86400),
+    ("meter", "timeout_s", 0.01, 60),
+    ("meter", "retries", 0, 5),
+    ("meter", "baudrate", 300, 1_000_000),
+    ("meter", "bytesize", 5, 8),
+    ("meter", "stopbits", 1, 2),
+    ("meter", "max_gap", 0, 125),
+    ("registers", "address", 0, 65535),
+]
+
+
+def bound_document(section: str, key: str, value: float) -> str:
+    """A valid config with `key = value`; the meter's other timings kept within the bus's
+    time budget whatever the value (a tiny timeout, a long interval)."""
+    line = f"{key} = {value!r}" if isinstance(value, float) else f"{key} = {value}"
+    meter = "interval_s = 86400\ntimeout_s = 0.01\n" if key not in ("interval_s", "timeout_s") else ""
+    if section == "meter" and key == "interval_s":
+        meter = "timeout_s = 0.01\n"
+    if section == "meter" and key == "timeout_s":
+        meter = "interval_s = 86400\n"
+    if section == "meter":
+        return document(meter=meter + line)
+    if section == "registers":
+        return document(meter=meter, registers=f'name = "novo"\ntype = "uint16"\n{line}')
+    if section == "mariadb":
+        return document(mariadb=line)
+    return document(top=f"[{section}]\n{line}")
+
+
+def shown(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else repr(x)
+
+
+@pytest.mark.parametrize(("section", "key", "lo", "hi"), BOUNDS, ids=[f"{s}.{k}" for s, k, _, _ in BOUNDS])
+def test_every_number_is_checked_against_its_documented_range(
+    tmp_path: Path, section: str, key: str, lo: float, hi: float
+) -> None:
+    for ok in (lo, hi):
+        config.load(write(tmp_path, bound_document(section, key, ok)))
+    integer = isinstance(lo, int) and isinstance(hi, int) and key not in ("max_mb", "keep_sent_days")
+    integer = integer and not key.endswith("_s")
+    step = 1 if integer else max(abs(lo), 1) * 0.01
+    where = {"meter": "[meters[0]]", "registers": "[meters[0].registers[0]]"}.get(section, f"[{section}]")
+    for bad in (lo - step, hi + (1 if integer else hi)):
+        message = load_error(tmp_path, bound_document(section, key, bad))
+        assert f"{where} {key}: must be {shown(lo)}–{shown(hi)}" in message, message
+    if not integer:
+        for bad in ("inf", "nan", "1e300"):
+            message = load_error(
+                tmp_path, bound_document(section, key, 0).replace(f"{key} = 0", f"{key} = {bad}")
+            )
+            assert f"{key}: must be" in message, message
+    readme = (ROOT / "README.md").read_text()
+    assert f"{shown(lo)}–{shown(hi)}" in readme, "the README shows the range"
+
+
+def test_sync_interval_1e300_is_refused_at_load(tmp_path: Path) -> None:
+    """Above threading.TIMEOUT_MAX the sync thread died of OverflowError in Event.wait()."""
+    message = load_error(tmp_path, document(top="[sync]\ninterval_s = 1e300"))
+    assert "[sync] interval_s: must be 0.05–86400, got 1e+300" in message
+    assert config.MAX_WAIT_S <= threading.TIMEOUT_MAX
+
+
+def test_the_smallest_max_mb_holds_the_wal_the_reserve_and_a_few_rows(tmp_path: Path) -> None:
+    """MIN_MAX_MB is no guess: a buffer that small takes rows without dropping any."""
+    max_bytes = int(config.MIN_MAX_MB * 1024 * 1024)
+    buffer = Buffer(tmp_path / "b.sqlite3", [r.name for r in PAC3100.registers], max_bytes=max_bytes)
+    space = Space(buffer, max_bytes)
+    try:
+        assert space.reserve_bytes() < max_bytes
+        for k in range(5):
+            assert space.has_room()
+            buffer.append("pac1", 1_790_000_000.0 + k, {r.name: 230.0 for r in PAC3100.registers})
+        assert buffer.readings_total() == 5 and buffer.status().dropped_total == 0
+        assert buffer.size_bytes() + space.reserve_bytes() <= max_bytes
+    finally:
+        buffer.close()
+
+
+@pytest.mark.parametrize(
+    ("parts", "expected"),
+    [
+        ({"top": '[buffer]\npath = ""'}, '[buffer] path: must not be empty, got ""'),
+        ({"mariadb": 'password_file = ""'}, '[mariadb] password_file: must not be empty, got ""'),
+    ],
+)
+def test_an_empty_path_is_an_error_naming_the_key(
+    tmp_path: Path, parts: dict[str, str], expected: str
+) -> None:
+    assert expected in load_error(tmp_path, document(**parts))
+
+
+@pytest.mark.parametrize("content", ["", "\n", "\nsecret\n"])
+def test_an_empty_password_file_is_refused_at_load_and_when_read(tmp_path: Path, content: str) -> None:
+    secret = write(tmp_path, content, name="pw")
+    message = load_error(tmp_path, document(mariadb=f'password_file = "{secret}"'))
+    assert f"[mariadb] password_file: {secret} has an empty first line; the password must be on it" in message
+    secret.write_text("ok\n")
+    cfg = config.load(write(tmp_path, document(mariadb=f'password_file = "{secret}"')))
+    secret.write_text(content)  # emptied while `run` runs
+    with pytest.raises(ConfigError, match="has an empty first line"):
+        cfg.mariadb.read_password()
+
+
+def test_a_config_or_password_file_that_is_a_fifo_is_refused_without_hanging(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo.toml"
+    os.mkfifo(fifo)  # nobody writes to it: opening it to read would block for ever
+    result = edgelog("run", config=fifo, timeout=30)
+    assert result.returncode == 2
+    assert (
+        result.stderr.strip()
+        == f"edgelog: error: {fifo}: cannot read config: {fifo} is a FIFO, not a regular file"
+    )
+    directory = edgelog("run", config=tmp_path, timeout=30)
+    assert directory.returncode == 2 and "is a directory, not a regular file" in directory.stderr
+
+    pw = tmp_path / "pw"
+    os.mkfifo(pw, 0o600)
+    message = load_error(tmp_path, document(mariadb=f'password_file = "{pw}"'))
+    assert f"[mariadb] password_file: {pw} is a FIFO, not a regular file" in message
+
+
+def test_a_password_file_swapped_for_a_fifo_while_running_does_not_hang(tmp_path: Path) -> None:
+    pw = write(tmp_path, "s3cret\n", name="pw")
+    cfg = config.load(write(tmp_path, document(mariadb=f'password_file = "{pw}"')))
+    pw.unlink()
+    os.mkfifo(pw, 0o600)
+    with pytest.raises(ConfigError, match="is a FIFO, not a regular file"):
+        cfg.mariadb.read_password()
+
+
+# -- the time budget of a bus -------------------------------------------------------------
+
+
+def pac_on_line(name: str, unit: int, **extra: object) -> str:
+    lines = [f'[[meters]]\nname = "{name}"\ntransport = "rtu"\ndevice = "/dev/ttyUSB0"\nunit_id = {unit}']
+    lines += [f"{k} = {v}" for k, v in extra.items()]
+    return "\n".join(lines) + "\n"
+
+
+def test_three_pac3100_on_a_line_at_1_hz_fit_the_budget_with_the_defaults(tmp_path: Path) -> None:
+    text = 'site = "s"\n[mariadb]\nuser = "u"\n' + "".join(pac_on_line(f"p{u}", u) for u in (1, 2, 3))
+    cfg = config.load(write(tmp_path, text))
+    assert {m.timeout_s for m in cfg.meters} == {config.DEFAULT_TIMEOUT_S} == {0.3}
+    (bus,) = config.bus_budgets(cfg.meters)
+    assert bus.worst_s == pytest.approx(0.9) and bus.problem() is None
+    message = load_error(tmp_path, text + pac_on_line("p4", 4))  # a fourth: 1.2 s
+    assert (
+        "[meters] bus /dev/ttyUSB0 (19200 8N2) with p1, p2, p3, p4: 4 meter(s) × timeout_s 0.3 s" in message
+    )
+    assert "= 1.2 s, which must be less than the shortest interval_s on the bus (1 s, meter p1)" in message
+
+
+def test_the_budget_uses_what_the_shared_client_does_longest_timeout_most_retries(tmp_path: Path) -> None:
+    head = 'site = "s"\n[mariadb]\nuser = "u"\n'
+    fits = (
+        head + pac_on_line("a", 1, timeout_s=0.2, interval_s=2) + pac_on_line("b", 2, retries=1, interval_s=2)
+    )
+    cfg = config.load(write(tmp_path, fits))
+    (bus,) = config.bus_budgets(cfg.meters)
+    assert (bus.timeout_s, bus.retries, bus.worst_s) == (0.3, 1, pytest.approx(1.2))
+    # the same two meters, one of them polled every second: the shortest interval counts
+    message = load_error(tmp_path, fits.replace("interval_s = 2", "interval_s = 1", 1))
+    assert "2 meter(s) × timeout_s 0.3 s × (1 + retries 1) = 1.2 s" in message
+    assert "(1 s, meter a)" in message
+    # on separate buses each has its own budget
+    split = head + pac_on_line("a", 1) + pac_on_line("b", 2, retries=1).replace("ttyUSB0", "ttyUSB1")
+    assert len(config.bus_budgets(config.load(write(tmp_path, split)).meters)) == 2
+
+
+def test_meters_on_one_serial_device_must_agree_on_its_line_settings(tmp_path: Path) -> None:
+    text = 'site = "s"\n[mariadb]\nuser = "u"\n' + pac_on_line("a", 1) + pac_on_line("b", 2, baudrate=9600)
+    message = load_error(tmp_path, text)
+    assert "meter 'b' uses /dev/ttyUSB0 (9600 8N2) but meter 'a' /dev/ttyUSB0 (19200 8N2)" in message

@@ -5,6 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from conftest import edgelog, meter_toml, start_edgelog, stop, wait_for, write_config
+from pymodbus.constants import ExcCodes
+
+from edgelog.simulate import Pac3100Simulator, SimulatorThread
 
 
 def _lines(out: str) -> dict[str, str]:
@@ -47,8 +50,16 @@ def test_doctor_names_each_problem_and_what_to_do(tmp_path: Path, simulator, log
     checks = _lines(result.stdout)
     assert result.returncode == 1
     assert checks["serial device"] == "FAIL" and "/dev/ttyNOPE9 does not exist" in result.stdout
-    assert checks["meter gone"] == "FAIL" and "check that 127.0.0.1:1 answers" in result.stdout
-    assert checks["meter rtu1"] == "FAIL" and "on the PAC3100 front panel: address 126" in result.stdout
+    assert checks["meter gone"] == "FAIL" and "no connection: cannot connect to 127.0.0.1:1" in result.stdout
+    assert "no answer: check that 127.0.0.1:1 is reachable and speaks Modbus TCP" in result.stdout
+    assert (
+        checks["meter rtu1"] == "FAIL"
+        and "/dev/ttyNOPE9 does not exist (USB adapter unplugged?)" in result.stdout
+    )
+    assert (
+        "no answer: check A/B wiring and termination (120 Ω at both ends), then unit id 126, 19200 baud, "
+        "parity N, 2 stop bits" in result.stdout
+    )
     assert checks["mariadb"] == "FAIL" and "missing ALTER" in result.stdout
     assert checks["buffer"] == "WARN"  # not created yet
 
@@ -73,3 +84,54 @@ def test_doctor_fails_on_a_readable_password_file_and_a_bad_config(tmp_path: Pat
     bad = edgelog("doctor", config=config)
     assert bad.returncode == 1
     assert _lines(bad.stdout)["config"] == "FAIL" and "surprise: unknown key" in bad.stdout
+
+
+def test_doctor_says_how_the_link_to_mariadb_is_protected(tmp_path: Path, simulator, logger_db) -> None:
+    meter = meter_toml(simulator.port)
+    result = edgelog("doctor", config=write_config(tmp_path, logger_db.toml(), meter))
+    checks = _lines(result.stdout)
+    assert checks["tls"] == "OK" and f"unix socket {logger_db.socket}: local, needs no TLS" in result.stdout
+    assert checks["sync path"] == "OK" and "binary fast path available (PyMySQL " in result.stdout
+
+    # TLS without verification, to a server that offers none: both named
+    config = write_config(tmp_path, logger_db.toml("tcp", ssl_mode="required", fast_path=False), meter)
+    result = edgelog("doctor", config=config)
+    checks = _lines(result.stdout)
+    assert checks["tls"] == "WARN" and "a man in the middle reads and changes everything" in result.stdout
+    assert checks["mariadb"] == "FAIL" and 'does not offer TLS, and ssl_mode = "required"' in result.stdout
+    assert checks["sync path"] == "OK" and "fast_path = false" in result.stdout
+
+    # the old key still works, and doctor says what to write instead
+    config = write_config(tmp_path, logger_db.toml("tcp", ssl_verify_identity=True), meter)
+    result = edgelog("doctor", config=config)
+    assert "ssl_verify_identity is the old form of ssl_mode" in result.stdout
+    assert "127.0.0.1 is this machine (loopback)" in result.stdout
+    assert _lines(result.stdout)["mariadb"] == "OK"
+
+
+def test_doctor_tells_an_exception_answer_from_no_answer(tmp_path: Path, simulator, logger_db) -> None:
+    """A meter that answers with an exception is wired: the fix is the register map and the
+    unit id, not the wiring. One that does not answer gets the list of causes."""
+    simulator.sim.exception_code = ExcCodes.ILLEGAL_ADDRESS
+    mute = SimulatorThread(Pac3100Simulator()).start()
+    mute.sim.delay_s = 2.0  # answers after its timeout: no answer
+    try:
+        config = write_config(
+            tmp_path, logger_db.toml(), meter_toml(simulator.port), meter_toml(mute.port, name="mute")
+        )
+        result = edgelog("doctor", config=config)
+    finally:
+        mute.sim.delay_s = 0
+        mute.stop()
+    checks = _lines(result.stdout)
+    assert checks["meter pac1"] == "FAIL" and checks["meter mute"] == "FAIL"
+    lines = result.stdout.splitlines()
+    pac1 = lines.index(next(x for x in lines if "meter pac1" in x))
+    assert "exception 02 illegal data address: unit 126" in lines[pac1]
+    assert lines[pac1 + 1].strip().startswith("-> the meter answered, so wiring and line settings work;")
+    assert "register map" in lines[pac1 + 1] and "unit id 126" in lines[pac1 + 1]
+    assert "wiring and termination" not in lines[pac1 + 1]
+    mute_at = lines.index(next(x for x in lines if "meter mute" in x))
+    assert "timeout: no answer from unit 126" in lines[mute_at]
+    assert lines[mute_at + 1].strip().startswith("-> no answer: check that 127.0.0.1:")
+    assert "wiring, termination, baud, parity and stop bits" in lines[mute_at + 1]

@@ -88,7 +88,7 @@ def test_a_real_run_exported_from_mariadb_and_from_the_buffer(
     assert table.column("frequencia").to_pylist() == [a["frequencia"] for a in served]
     first = table.column("measured_at")[0].as_py()
     assert first == logger_db.rows()[0]["measured_at"].replace(tzinfo=dt.UTC)  # MariaDB's DATETIME(3), in UTC
-    assert not list(tmp_path.glob("*.part"))
+    assert not list(tmp_path.glob("*.part")) and not list(tmp_path.glob(".*.tmp"))  # no temporary file left
 
     other = edgelog(
         "export", *window, "--meter", "nobody", "--out", str(tmp_path / "none.csv"), config=config

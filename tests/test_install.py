@@ -1,10 +1,13 @@
 """The installers, run for real: schema/install-mariadb against a real MariaDB
-server, scripts/install into a throwaway root directory."""
+server, scripts/install into a throwaway root directory (with exactly the versions
+of requirements/runtime.lock). Under a real systemd: tests/test_systemd_boot.py."""
 
 from __future__ import annotations
 
 import os
+import re
 import secrets
+import shutil
 import stat
 import subprocess
 from pathlib import Path
@@ -15,10 +18,44 @@ from conftest import ROOT
 
 INSTALL_DB = ROOT / "schema" / "install-mariadb"
 INSTALL = ROOT / "scripts" / "install"
+RUNTIME_LOCK = ROOT / "requirements" / "runtime.lock"
+TEST_LOCK = ROOT / "requirements" / "test.lock"
 
 
 def _mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
+
+
+def _name(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()  # PEP 503
+
+
+def _pins(lock: Path) -> dict[str, str]:
+    """name -> version of every `name==version` line of a lock file."""
+    return {_name(n): v for n, v in re.findall(r"^([A-Za-z0-9][\w.-]*)==(\S+)", lock.read_text(), re.M)}
+
+
+def _frozen(venv: Path) -> dict[str, str]:
+    """name -> version installed in a venv, but pip itself (the venv's) and edgelog."""
+    out = subprocess.run(
+        [str(venv / "bin/pip"), "freeze", "--all", "--disable-pip-version-check"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    found = dict(line.split("==", 1) for line in out.splitlines() if "==" in line)
+    assert any(line.startswith("edgelog @ ") for line in out.splitlines()), out
+    return {_name(n): v for n, v in found.items() if _name(n) != "pip"}
+
+
+def test_locks_pin_every_package_with_hashes_and_ci_tests_what_the_pi_gets() -> None:
+    for lock in (RUNTIME_LOCK, TEST_LOCK):
+        entries = re.split(r"\n(?=[A-Za-z0-9])", lock.read_text().split("\n", 1)[1])
+        pinned = [e for e in entries if re.match(r"[A-Za-z0-9][\w.-]*==", e)]
+        assert pinned and all("--hash=sha256:" in e for e in pinned), lock
+    runtime, test = _pins(RUNTIME_LOCK), _pins(TEST_LOCK)
+    assert {"pymysql", "peewee", "pymodbus", "pyserial", "schedule", "tqdm", "setuptools"} <= set(runtime)
+    assert {n: test.get(n) for n in runtime} == runtime, "test.lock must hold runtime.lock's versions"
 
 
 @pytest.fixture
@@ -161,6 +198,8 @@ def test_install_into_a_throwaway_root_then_upgrade_then_uninstall(tmp_path: Pat
         ROOT / "systemd/edgelog.service"
     ).read_text()
     assert os.readlink(root / "usr/local/bin/edgelog") == "/opt/edgelog/venv/bin/edgelog"
+    # exactly the locked versions, nothing more, nothing less
+    assert _frozen(root / "opt/edgelog/venv") == _pins(RUNTIME_LOCK)
     edgelog_bin = root / "opt/edgelog/venv/bin/edgelog"
     version = subprocess.run([str(edgelog_bin), "--version"], capture_output=True, text=True, check=True)
     assert version.stdout.startswith("edgelog ")
@@ -186,3 +225,28 @@ def test_install_into_a_throwaway_root_then_upgrade_then_uninstall(tmp_path: Pat
     assert not (root / "opt/edgelog").exists() and not (root / "etc/systemd/system/edgelog.service").exists()
     assert not (root / "usr/local/bin/edgelog").is_symlink()
     assert (state / "buffer.sqlite3").exists() and (etc / "edgelog.toml").exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"), reason="needs root and unshare")
+def test_install_mariadb_without_a_server_or_systemd_says_what_to_do(tmp_path: Path) -> None:
+    """Installed but stopped, on a machine without systemd: a clear line, nothing half done.
+    (With systemd it starts the server: tests/test_systemd_boot.py.) An empty /run in a
+    private mount namespace hides systemd, whatever the test machine runs."""
+    env = dict(
+        os.environ,
+        EDGELOG_ETC=str(tmp_path / "etc"),
+        MARIADB_SOCKET=str(tmp_path / "no.sock"),
+        SKIP_APT="1",
+    )
+    hide_run = 'mount -t tmpfs tmpfs /run && exec "$@"'
+    result = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", hide_run, "sh", str(INSTALL_DB)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("install-mariadb: no MariaDB socket at"), lines
+    assert "installed but not running" in lines[0] and "service mariadb start" in lines[0], lines

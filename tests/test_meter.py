@@ -11,8 +11,10 @@ import math
 import random
 import re
 import shutil
+import socket
 import struct
 import subprocess
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -23,7 +25,7 @@ from pymodbus.client import ModbusTcpClient
 from pymodbus.constants import ExcCodes
 
 from edgelog import config
-from edgelog.errors import MeterError, MeterExceptionResponse, MeterTimeout
+from edgelog.errors import MeterBadAnswer, MeterError, MeterExceptionResponse, MeterTimeout
 from edgelog.meter import Meter, ReadRequest, close_meters, decode, open_meters, plan_requests
 from edgelog.profiles import PAC3100, REGISTER_WIDTH, Register
 from edgelog.simulate import Pac3100Simulator, SimulatorThread
@@ -238,7 +240,7 @@ def test_a_finite_value_scaled_to_infinity_becomes_none() -> None:
 
 def test_an_answer_of_the_wrong_length_is_a_meter_error() -> None:
     request = plan_requests(PAC3100.registers)[0]
-    with pytest.raises(MeterError, match="has 38 registers, expected 40"):
+    with pytest.raises(MeterError, match=r"^bad answer: the holding read at 1 got 38 registers, expected 40"):
         decode(request, [0] * 38)
 
 
@@ -328,7 +330,10 @@ def test_a_register_override_inside_a_value_gets_an_exception_response(simulator
     # the second word of frequencia (39-40) as if it were a value of its own
     m = tcp_meter(simulator.port, [{"name": "frequencia", "address": 40, "type": "uint16"}])
     assert [(r.address, r.count) for r in m.plan] == [(1, 38), (40, 1)]
-    with pytest.raises(MeterExceptionResponse, match=r"unit 126 answered exception 2 to function 0x03 at 40"):
+    with pytest.raises(
+        MeterExceptionResponse,
+        match=r"^exception 02 illegal data address: unit 126 on .* refused function 0x03 at 40 \(count 1\)$",
+    ):
         m.read()
     assert simulator.sim.requests == 2
 
@@ -338,7 +343,8 @@ def test_an_exception_code_from_the_meter_is_a_meter_exception_response(
 ) -> None:
     simulator.sim.exception_code = ExcCodes.DEVICE_BUSY
     with pytest.raises(
-        MeterExceptionResponse, match=r"answered exception 6 to function 0x03 at 1 \(count 40\)"
+        MeterExceptionResponse,
+        match=r"^exception 06 device busy: unit 126 .* function 0x03 at 1 \(count 40\)",
     ):
         meter.read()
     simulator.sim.exception_code = None
@@ -350,7 +356,9 @@ def test_a_slow_meter_is_a_timeout_and_the_next_poll_works(simulator: SimulatorT
     sim = simulator.sim
     sim.delay_s = 0.8  # timeout_s is 0.3
     started = time.monotonic()
-    with pytest.raises(MeterTimeout, match=r"no answer from unit 126 on 127\.0\.0\.1"):
+    with pytest.raises(
+        MeterTimeout, match=r"^timeout: no answer from unit 126 on 127\.0\.0\.1:\d+ within 0.3 s$"
+    ):
         meter.read()
     assert 0.25 < time.monotonic() - started < 0.75
     sim.delay_s = 0.0
@@ -457,3 +465,162 @@ def test_mbpoll_without_B_swaps_the_words(simulator: SimulatorThread) -> None:
         else:
             assert got == pytest.approx(swapped, rel=1e-5), name
     assert not 110 < values[2] < 140  # tensao_l1_n is not plausible that way
+
+
+# -- a meter that answers wrongly: a raw Modbus TCP server, no library in between ------
+
+
+class RawTcpMeter:
+    """A Modbus TCP server written out by hand, so it can answer what no correct server
+    would: another function code, another unit, a wrong byte count, an exception code.
+    `answer(tid, unit, fc, address, count)` -> the bytes sent back (or b"" for none)."""
+
+    def __init__(self) -> None:
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen()
+        self.listener.settimeout(0.1)
+        self.port = self.listener.getsockname()[1]
+        self.mode = "ok"
+        self.values = [0x4300 + i for i in range(125)]
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def answer(self, tid: int, unit: int, fc: int, count: int) -> bytes:
+        data = b"".join(v.to_bytes(2, "big") for v in self.values[:count])
+        mode = self.mode
+        if mode.startswith("exception:"):
+            pdu = bytes([fc | 0x80, int(mode.split(":")[1], 16)])
+        elif mode == "fc":
+            pdu = bytes([0x04 if fc == 0x03 else 0x03, len(data)]) + data
+        elif mode == "short":  # byte count and data agree, but one register short
+            pdu = bytes([fc, len(data) - 2]) + data[:-2]
+        elif mode == "odd":
+            pdu = bytes([fc, len(data) + 1]) + data + b"\x00"
+        elif mode == "lying":  # the byte count promises more than follows
+            pdu = bytes([fc, len(data)]) + data[:-2]
+        else:
+            pdu = bytes([fc, len(data)]) + data
+        if mode == "unit":
+            unit += 1
+        if mode == "tid":
+            tid += 1
+        return struct.pack(">HHHB", tid, 0, len(pdu) + 1, unit) + pdu
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.settimeout(0.1)
+                while not self._stop.is_set():
+                    try:
+                        request = conn.recv(12)
+                    except TimeoutError:
+                        continue
+                    except OSError:
+                        break
+                    if len(request) < 12:
+                        break
+                    tid, _, _, unit, fc, _address, count = struct.unpack(">HHHBBHH", request)
+                    conn.sendall(self.answer(tid, unit, fc, count))
+
+    def close(self) -> None:
+        self._stop.set()
+        self.thread.join(5)
+        self.listener.close()
+
+
+@pytest.fixture
+def raw_meter() -> Iterator[RawTcpMeter]:
+    server = RawTcpMeter()
+    yield server
+    server.close()
+
+
+WHAT = r"function 0x03 at 1 \(count 40\)"
+
+
+@pytest.mark.parametrize(
+    ("mode", "kind", "message"),
+    [
+        (
+            "fc",
+            MeterBadAnswer,
+            rf"^bad answer: unit 126 answered function 0x04 to {WHAT}, on 127\.0\.0\.1:\d+$",
+        ),
+        ("short", MeterBadAnswer, rf"^bad answer: unit 126: byte count 78 answering {WHAT} \(not 80\)"),
+        ("odd", MeterBadAnswer, rf"^bad answer: unit 126: byte count 81 answering {WHAT} \(not 80\)"),
+        (
+            "lying",
+            MeterBadAnswer,
+            rf"^bad answer: unit 126: byte count 80 but 78 bytes follow, answering {WHAT}",
+        ),
+        (
+            "unit",
+            MeterBadAnswer,
+            r"^bad answer: \d+ bytes on 127\.0\.0\.1:\d+ but no valid answer from unit 126 ",
+        ),
+        (
+            "tid",
+            MeterBadAnswer,
+            r"^bad answer: \d+ bytes on 127\.0\.0\.1:\d+ but no valid answer from unit 126 ",
+        ),
+        (
+            "exception:01",
+            MeterExceptionResponse,
+            rf"^exception 01 illegal function: unit 126 on .* refused {WHAT}$",
+        ),
+        ("exception:02", MeterExceptionResponse, r"^exception 02 illegal data address: "),
+        ("exception:03", MeterExceptionResponse, r"^exception 03 illegal data value: "),
+        ("exception:04", MeterExceptionResponse, r"^exception 04 device failure: "),
+        ("exception:0A", MeterExceptionResponse, r"^exception 0A gateway path unavailable: "),
+        ("exception:0B", MeterExceptionResponse, r"^exception 0B gateway target failed to respond: "),
+        ("exception:0C", MeterExceptionResponse, r"^exception 0C not defined by Modbus: "),
+    ],
+)
+def test_an_answer_that_does_not_match_the_request_is_a_failed_poll_with_its_reason(
+    raw_meter: RawTcpMeter, mode: str, kind: type[MeterError], message: str
+) -> None:
+    m = tcp_meter(raw_meter.port)
+    assert m.read().values["tensao_l1_n"] is not None  # a correct answer first
+    raw_meter.mode = mode
+    with pytest.raises(kind, match=message) as info:
+        m.read()
+    text = str(info.value)
+    assert "\n" not in text and "continue with next request" not in text and "ERROR" not in text
+    raw_meter.mode = "ok"
+    assert m.read().values["tensao_l1_n"] is not None  # and the next poll works again
+
+
+def test_a_timeout_message_carries_no_library_phrase(simulator: SimulatorThread, meter: Meter) -> None:
+    simulator.sim.delay_s = 0.8  # timeout_s 0.3
+    with pytest.raises(MeterTimeout) as info:
+        meter.read()
+    text = str(info.value)
+    assert text == f"timeout: no answer from unit 126 on 127.0.0.1:{simulator.port} within 0.3 s"
+    for phrase in ("continue with next request", "No response received", "retries", "ERROR"):
+        assert phrase not in text
+
+
+def test_a_refused_connection_is_no_connection_not_a_timeout() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    m = tcp_meter(port)
+    started = time.monotonic()
+    with pytest.raises(MeterTimeout, match=rf"^no connection: cannot connect to 127\.0\.0\.1:{port}"):
+        m.read()
+    assert time.monotonic() - started < 0.3  # refused at once, no timeout waited
+
+
+def test_retries_are_counted_in_the_timeout_message(simulator: SimulatorThread) -> None:
+    m = tcp_meter(simulator.port, retries=1, timeout_s=0.2)
+    simulator.sim.delay_s = 1.0
+    started = time.monotonic()
+    with pytest.raises(MeterTimeout, match=r"within 0.2 s \(2 tries\)$"):
+        m.read()
+    assert time.monotonic() - started >= 0.35  # two tries of 0.2 s

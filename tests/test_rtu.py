@@ -7,23 +7,36 @@ independently of pymodbus: address, function, CRC, and the values themselves.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import select
 import shutil
 import struct
 import subprocess
 import threading
 import time
+import tty
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import (
+    LoggerDB,
+    common_slots,
+    edgelog,
+    one_row_per_slot,
+    rows_by_meter,
+    start_edgelog,
+    stop,
+    write_config,
+)
 from pymodbus import FramerType
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 
 from edgelog import config
-from edgelog.errors import MeterTimeout
+from edgelog.errors import MeterBadAnswer, MeterTimeout
 from edgelog.meter import close_meters, open_meters
 from edgelog.profiles import PAC3100
 from edgelog.simulate import Pac3100Simulator, SimulatorThread, answer_only
@@ -154,7 +167,9 @@ def test_the_simulator_stays_silent_for_other_units_on_the_line(line: SerialLine
     right, wrong = meters
     try:
         started = time.monotonic()
-        with pytest.raises(MeterTimeout, match=r"no answer from unit 5 on .*ttyA \(19200 8N2\)"):
+        with pytest.raises(
+            MeterTimeout, match=r"^timeout: no answer from unit 5 on .*ttyA \(19200 8N2\) within 0.3 s$"
+        ):
             wrong.read()
         assert time.monotonic() - started >= 0.25
         assert server.sim.requests == 0  # the request reached the line, not the meter
@@ -244,7 +259,7 @@ def test_two_meters_on_one_line_share_a_bus_and_a_wrong_unit_only_times_out(line
             assert second.values["frequencia"] == 50.0 != first.values["frequencia"]
             assert (sim126.requests, sim2.requests) == (1, 1)
 
-            with pytest.raises(MeterTimeout, match="no answer from unit 7"):
+            with pytest.raises(MeterTimeout, match=r"^timeout: no answer from unit 7"):
                 absent.read()
             assert (sim126.requests, sim2.requests) == (1, 1)
 
@@ -267,7 +282,7 @@ def test_an_rtu_meter_behind_a_tcp_serial_server_via_a_pyserial_url() -> None:
         lambda: ModbusTcpServer(sim.device(), address=("127.0.0.1", 0), framer=FramerType.RTU)
     ) as server:
         port = server.server.transport.sockets[0].getsockname()[1]
-        (meter,) = open_meters([rtu_config(f"socket://127.0.0.1:{port}", timeout_s=3.0)])
+        (meter,) = open_meters([rtu_config(f"socket://127.0.0.1:{port}", timeout_s=3.0, interval_s=5)])
         try:
             for n in (1, 2):
                 assert meter.read().values == sim.served[-1]
@@ -281,3 +296,162 @@ def test_an_rtu_meter_behind_a_tcp_serial_server_via_a_pyserial_url() -> None:
             gone.read()
     finally:
         close_meters([gone])
+
+
+# -- a meter that answers wrongly on the line ------------------------------------------
+
+
+class RawRtuMeter:
+    """A meter written out by hand at the far end of the line: it answers each read
+    request (8 bytes) as `mode` says, every frame with a valid CRC unless told."""
+
+    def __init__(self, device: Path):
+        self.fd = os.open(device, os.O_RDWR | os.O_NOCTTY)
+        tty.setraw(self.fd)
+        self.mode = "ok"
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def answer(self, unit: int, fc: int, count: int) -> bytes:
+        data = b"".join((0x4300 + i).to_bytes(2, "big") for i in range(count))
+        if self.mode == "fc":
+            fc = 0x04 if fc == 0x03 else 0x03
+        if self.mode == "unit":
+            unit = 5
+        if self.mode == "short":
+            data = data[:-2]
+        frame = bytes([unit, fc, len(data)]) + data
+        crc = crc16(frame)
+        if self.mode == "crc":
+            crc = bytes([crc[0] ^ 0xFF, crc[1]])
+        return frame + crc
+
+    def _serve(self) -> None:
+        pending = b""
+        while not self._stop.is_set():
+            ready, _, _ = select.select([self.fd], [], [], 0.05)
+            if not ready:
+                continue
+            pending += os.read(self.fd, 256)
+            while len(pending) >= 8:
+                request, pending = pending[:8], pending[8:]
+                unit, fc, _address, count = struct.unpack(">BBHH", request[:6])
+                os.write(self.fd, self.answer(unit, fc, count))
+
+    def close(self) -> None:
+        self._stop.set()
+        self.thread.join(5)
+        os.close(self.fd)
+
+
+@pytest.mark.parametrize(
+    ("mode", "message"),
+    [
+        ("fc", r"^bad answer: unit 126 answered function 0x04 to function 0x03 at 1 \(count 40\), on .*ttyA"),
+        (
+            "short",
+            r"^bad answer: unit 126: byte count 78 answering function 0x03 at 1 \(count 40\) \(not 80\)",
+        ),
+        (
+            "unit",
+            r"^bad answer: 85 bytes on .*ttyA \(19200 8N2\) but no valid answer from unit 126 within 0.3 s",
+        ),
+        ("crc", r"^bad answer: 85 bytes on .*ttyA \(19200 8N2\) but no valid answer from unit 126"),
+    ],
+)
+def test_a_wrong_answer_on_the_line_is_a_failed_poll_with_its_reason(
+    line: SerialLine, mode: str, message: str
+) -> None:
+    meter_end = RawRtuMeter(line.b)
+    (meter,) = open_meters([rtu_config(line.a)])
+    try:
+        assert meter.read().values["tensao_l1_n"] is not None
+        meter_end.mode = mode
+        with pytest.raises(MeterBadAnswer, match=message):
+            meter.read()
+        meter_end.mode = "ok"
+        assert meter.read().values["tensao_l1_n"] is not None  # the line recovers by itself
+    finally:
+        close_meters([meter])
+        meter_end.close()
+
+
+# -- three meters on one line under `edgelog run` ---------------------------------------
+
+
+def three_on_a_line(device: Path, **extra: Any) -> str:
+    """pac126 and pac2 answer; `absent` (unit 7) is on the config but not on the line."""
+    lines = []
+    for name, unit in (("pac126", 126), ("pac2", 2), ("absent", 7)):
+        lines += [
+            "[[meters]]",
+            f'name = "{name}"',
+            'transport = "rtu"',
+            f'device = "{device}"',
+            f"unit_id = {unit}",
+        ]
+        lines += [f"{k} = {v}" for k, v in extra.items()]
+    return "\n".join(lines) + "\n"
+
+
+def two_meter_server(
+    device: Path,
+) -> tuple[Callable[[], ModbusSerialServer], Pac3100Simulator, Pac3100Simulator]:
+    sim126, sim2 = Pac3100Simulator(unit_id=126), Pac3100Simulator(unit_id=2)
+    serial = PAC3100.serial
+
+    def make() -> ModbusSerialServer:
+        return ModbusSerialServer(
+            [sim126.device(), sim2.device()],
+            framer=FramerType.RTU,
+            port=str(device),
+            baudrate=serial.baudrate,
+            bytesize=serial.bytesize,
+            parity=serial.parity,
+            stopbits=serial.stopbits,
+            trace_pdu=answer_only({126, 2}),
+        )
+
+    return make, sim126, sim2
+
+
+def test_a_silent_meter_on_the_line_costs_the_other_two_no_slot(
+    tmp_path: Path, line: SerialLine, logger_db: LoggerDB
+) -> None:
+    """1 s, the default timeout_s 0.3: 3 × 0.3 s < 1 s, within the bus's time budget."""
+    make, sim126, sim2 = two_meter_server(line.b)
+    config = write_config(tmp_path, logger_db.toml(), three_on_a_line(line.a))
+    log = tmp_path / "run.log"
+    with ServerThread(make):
+        proc = start_edgelog("run", config=config, log=log)
+        try:
+            time.sleep(13)
+            assert proc.poll() is None, log.read_text()
+        finally:
+            assert stop(proc) == 0, log.read_text()
+    rows = rows_by_meter(tmp_path / "buffer.sqlite3")
+    slots = common_slots(rows, 1.0)
+    assert len(slots) >= 10
+    for name in ("pac126", "pac2", "absent"):
+        errors = one_row_per_slot(rows[name], slots, 1.0)
+        if name == "absent":
+            assert all(e is not None and e.startswith("timeout: no answer from unit 7 on ") for e in errors)
+        else:
+            assert errors == [None] * len(slots), name
+    assert sim126.requests >= len(slots) and sim2.requests >= len(slots)
+
+
+def test_a_line_over_its_time_budget_is_refused_with_the_numbers(tmp_path: Path, logger_db: LoggerDB) -> None:
+    device = tmp_path / "ttyUSB0"  # never opened: the config is refused first
+    config = write_config(tmp_path, logger_db.toml(), three_on_a_line(device, timeout_s=0.4))
+    result = edgelog("run", config=config, timeout=30)
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line == (
+        f"edgelog: error: {config}: [meters] bus {device} (19200 8N2) with pac126, pac2, absent: "
+        "3 meter(s) × timeout_s 0.4 s × (1 + retries 0) = 1.2 s, which must be less than the "
+        "shortest interval_s on the bus (1 s, meter pac126); lower timeout_s or retries, raise "
+        "interval_s, or move a meter to another bus"
+    )
+    assert not (tmp_path / "buffer.sqlite3").exists()

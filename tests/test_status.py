@@ -206,3 +206,85 @@ def test_durations_sizes_and_colour_for_people(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("NO_COLOR", "1")
     assert not human.use_colour(Terminal())  # type: ignore[arg-type]
     assert human.paint("x", "red", True) == "\x1b[31mx\x1b[0m" and human.paint("x", "red", False) == "x"
+
+
+@pytest.mark.parametrize("problem", ["readable", "missing"])
+def test_a_password_file_wrong_for_good_is_degraded_at_once_with_the_fix(
+    tmp_path: Path, simulator: SimulatorThread, logger_db: LoggerDB, problem: str
+) -> None:
+    """Not "MariaDB unreachable" and HEALTHY: no retry can succeed until someone fixes the
+    file. `run` keeps logging meanwhile, and its sync worker records the kind of error."""
+    config = write_config(tmp_path, logger_db.toml(), meter_toml(simulator.port, interval_s=0.2))
+    password = logger_db.password_file
+    secret = password.read_text()
+    if problem == "readable":
+        password.chmod(0o644)
+        fix = f"is readable by every user (mode 0644); run: chmod 600 {password}"
+    else:
+        password.unlink()
+        fix = f"{password} does not exist; create it, readable by the service user only (chmod 600)"
+    log = tmp_path / "run.log"
+    proc = start_edgelog("run", config=config, log=log)
+    buffer_path = tmp_path / "buffer.sqlite3"
+    try:
+        wait_for(lambda: len(simulator.sim.served) >= 3, what="polls")
+        code, data = sync_status(config)
+        assert code == 1
+        first = data["problems"][0]
+        assert first.startswith(f"configuration: [mariadb] password_file: {password}") and first.endswith(fix)
+        assert data["config_problem"].endswith(fix)
+        screen = edgelog("sync-status", config=config).stdout
+        assert (
+            "State    DEGRADED: configuration: [mariadb] password_file: " in screen and "chmod 600" in screen
+        )
+
+        def recorded() -> bool:
+            buffer = Buffer(buffer_path, create=False)
+            try:
+                return buffer.get_meta("last_error_kind") == "config"
+            finally:
+                buffer.close()
+
+        wait_for(recorded, what="the sync worker to record a config error")
+        assert proc.poll() is None, log.read_text()  # the readings go on meanwhile
+        assert "no retry can succeed until this is fixed" in log.read_text()
+
+        # fixed: the worker sends, clears the error and its kind; healthy again
+        if problem == "readable":
+            password.chmod(0o600)
+        else:
+            password.write_text(secret)
+            password.chmod(0o600)
+        wait_for(lambda: not recorded(), what="the worker to clear the error kind")
+        code, data = sync_status(config)
+        assert code == 0 and data["config_problem"] is None, data["problems"]
+    finally:
+        assert stop(proc) == 0, log.read_text()
+    assert secret.strip() not in log.read_text()
+
+
+def test_gaps_are_counted_per_meter_by_cause(tmp_path: Path, logger_db: LoggerDB) -> None:
+    now = time.time()
+    buffer = Buffer(tmp_path / "buffer.sqlite3", ["tensao_l1_n"])
+    rows = [
+        ("pac1", now - 50, {"tensao_l1_n": 127.0}, None),
+        ("pac1", now - 40, None, "timeout: no answer from unit 126 on 10.0.0.7:502 within 0.3 s"),
+        ("pac1", now - 30, None, "timeout: no answer from unit 126 on 10.0.0.7:502 within 0.3 s"),
+        ("pac1", now - 20, None, "exception 02 illegal data address: unit 126 on 10.0.0.7:502 refused"),
+        ("pac1", now - 10, None, "skipped: poll overran"),
+        ("pac1", now - 7200, None, "skipped: poll overran"),  # older than an hour: not counted
+        ("pac2", now - 5, {"tensao_l1_n": 127.0}, None),
+    ]
+    for meter, at, values, error in rows:
+        buffer.append(meter, at, values, error)
+    buffer.close()
+    config = write_config(tmp_path, logger_db.toml(), meter_toml(5020), meter_toml(5021, name="pac2"))
+    health = status.evaluate(config_mod.load(config), now=now, ping=False)
+    pac1, pac2 = health.meters
+    assert pac1.gaps_last_hour == {"timeout": 2, "exception 02 illegal data address": 1, "skipped": 1}
+    assert (pac1.polls_last_hour, pac1.failed_polls_last_hour, pac1.skipped_last_hour) == (5, 4, 1)
+    assert pac2.gaps_last_hour == {} and pac2.skipped_last_hour == 0
+    meters = health.to_json()["meters"]
+    assert meters["pac1"]["gaps_last_hour"]["timeout"] == 2 and meters["pac1"]["skipped_last_hour"] == 1
+    screen = status.render(health)
+    assert "gaps (1 h): 2 timeout, 1 exception 02 illegal data address, 1 ski…" in screen

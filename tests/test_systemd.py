@@ -1,11 +1,12 @@
-"""The systemd side: the unit passes `systemd-analyze verify`, and `edgelog run`
-speaks the notify protocol: READY=1 once, WATCHDOG=1 from its poll loop, and no
-pings while a poll hangs (so systemd's WatchdogSec= would restart it)."""
+"""The systemd side: the unit passes `systemd-analyze verify`, allows the clock check's
+system calls, and `edgelog run` speaks the notify protocol: READY=1 once, WATCHDOG=1
+while every bus thread makes progress, and no pings while one hangs (so systemd's
+WatchdogSec= would restart it). The unit under a real systemd as PID 1:
+tests/test_systemd_boot.py."""
 
 from __future__ import annotations
 
 import itertools
-import os
 import shutil
 import signal
 import socket
@@ -15,7 +16,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, meter_toml, write_config
+from conftest import ROOT, meter_toml, start_edgelog, write_config
+
+from edgelog.simulate import Pac3100Simulator, SimulatorThread
 
 UNIT = ROOT / "systemd" / "edgelog.service"
 
@@ -67,6 +70,25 @@ def test_unit_essentials() -> None:
     assert "mariadb.service" not in text.split("[Service]")[0], "must not need MariaDB to start"
 
 
+def _settings(name: str) -> list[str]:
+    return [line.split("=", 1)[1] for line in UNIT.read_text().splitlines() if line.startswith(f"{name}=")]
+
+
+def test_system_call_filter_allows_the_clock_check_but_not_setting_the_clock() -> None:
+    """adjtimex() (clock_adjtime/clock_adjtime64 underneath) is in @clock, not @system-service:
+    without them systemd 252 killed the service with SIGSYS at its first reading. No
+    SystemCallErrorNumber=: a refused call must kill, never fail quietly (the clock check
+    would then switch itself off). Without CAP_SYS_TIME the calls can only read the clock.
+    tests/test_systemd_boot.py runs the unit under a real systemd."""
+    allowed = " ".join(_settings("SystemCallFilter")).split()
+    assert "@system-service" in allowed
+    assert {"adjtimex", "clock_adjtime", "clock_adjtime64"} <= set(allowed)
+    assert not any(s.startswith("~") or s == "@clock" for s in allowed), allowed  # no deny list, no settime
+    assert _settings("SystemCallErrorNumber") == []
+    assert _settings("CapabilityBoundingSet") == [""] and _settings("AmbientCapabilities") == [""]
+    assert _settings("ProtectClock") == []  # it would also block the read-only adjtimex()
+
+
 def _listen(path: Path) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(str(path))
@@ -85,22 +107,31 @@ def _messages(sock: socket.socket, seconds: float) -> list[tuple[float, str]]:
     return got
 
 
-def test_run_sends_ready_and_watchdog_and_stops_pinging_when_a_poll_hangs(tmp_path, simulator, logger_db):
+def test_run_sends_ready_and_watchdog_and_stops_pinging_while_a_bus_hangs(tmp_path, simulator, logger_db):
+    """Two buses. A poll that hangs on one of them (a driver blocking for good: injected by
+    tests/inject/sitecustomize.py, as pymodbus itself bounds every request) stops the pings
+    once it is stuck beyond what a poll may take, though the other bus goes on polling;
+    the pings resume when it moves again."""
+    second = SimulatorThread(Pac3100Simulator()).start()
+    try:
+        _hung_bus(tmp_path, simulator, second, logger_db)
+    finally:
+        second.stop()
+
+
+def _hung_bus(tmp_path, simulator, sim2, logger_db) -> None:
     notify = tmp_path / "notify.sock"
     sock = _listen(notify)
+    hang = tmp_path / "hang"
     config = write_config(
         tmp_path,
         logger_db.toml(),
-        meter_toml(simulator.port, interval_s=0.5).replace("timeout_s = 0.5", "timeout_s = 20"),
+        meter_toml(simulator.port, interval_s=0.5),
+        meter_toml(sim2.port, name="pac2", interval_s=0.5),
     )
-    env = dict(os.environ, NOTIFY_SOCKET=str(notify), WATCHDOG_USEC="1000000", PYTHONPATH=str(ROOT))
-    log = (tmp_path / "run.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "edgelog", "--config", str(config), "run"],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-    )
+    log = tmp_path / "run.log"
+    watchdog = {"NOTIFY_SOCKET": str(notify), "WATCHDOG_USEC": "1000000"}
+    proc = start_edgelog("run", config=config, log=log, fault=f"hang:{hang}", env=watchdog)
     try:
         healthy = _messages(sock, 4.0)
         texts = [m for _, m in healthy]
@@ -110,14 +141,30 @@ def test_run_sends_ready_and_watchdog_and_stops_pinging_when_a_poll_hangs(tmp_pa
         # never a gap as long as WATCHDOG_USEC (1 s): systemd would kill the service
         assert max(b - a for a, b in itertools.pairwise(pings)) < 1.0
 
-        simulator.sim.delay_s = 7.5  # the meter hangs: the poll waits (timeout_s = 20)
-        time.sleep(1.0)  # let the poll in progress reach the hanging request
-        stalled = [m for _, m in _messages(sock, 5.0) if m == "WATCHDOG=1"]
-        assert stalled == [], "a hung poll must stop the watchdog pings"
+        # pac2's poll hangs: its bus stops moving. The stall limit is a poll's bound
+        # (2 × 0.375 s) + 0.5 s + 5 s of slack: the pings stop within ~6.3 s of its last
+        # beat and stay stopped, while pac1, on the other bus, goes on polling.
+        hang.write_text("pac2\n")
+        hung_at = time.monotonic()
+        served = len(simulator.sim.served)
+        during = [t for t, m in _messages(sock, 10.0) if m == "WATCHDOG=1"]
+        last = max(during, default=hung_at)
+        assert last - hung_at < 8.0, "pings went on while a bus hung"
+        assert time.monotonic() - last > 2.0, "pings resumed while the bus still hung"
+        assert len(simulator.sim.served) - served >= 15, "the other bus must keep polling (0.5 s)"
+        text = log.read_text()
+        assert f"bus 127.0.0.1:{sim2.port}: no progress for" in text and "watchdog pings withheld" in text
+        assert f"bus 127.0.0.1:{simulator.port}: no progress" not in text
+
+        hang.unlink()
+        again = [m for _, m in _messages(sock, 3.0) if m == "WATCHDOG=1"]
+        assert len(again) >= 2, "the pings resume once the bus moves again"
+        assert "progresses again; watchdog pings resume" in log.read_text()
+        assert proc.poll() is None, log.read_text()
     finally:
-        simulator.sim.delay_s = 0
+        hang.unlink(missing_ok=True)
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(60) == 0
+        assert proc.wait(60) == 0, log.read_text()
         stop_msgs = [m for _, m in _messages(sock, 0.5)]
         sock.close()
     assert "STOPPING=1" in stop_msgs or proc.returncode == 0

@@ -28,12 +28,15 @@ import pytest
 from conftest import LoggerDB, meter_toml
 from pymysql.constants import CLIENT
 
+from bench.loaddata import new_local_name as bench_local_name
+from bench.loaddata import open_loading
 from edgelog.buffer import Buffer
 from edgelog.clock import utc_text
 from edgelog.config import Config, parse
 from edgelog.errors import SinkRejected, SinkUnavailable
 from edgelog.profiles import PAC3100
-from edgelog.sync import MariaDBSink, SyncWorker, wire
+from edgelog.sync import MariaDBSink, SyncWorker, connect, wire
+from edgelog.sync.connect import GuardedConnection, GuardedResult, LocalInfileRefused
 from edgelog.sync.mariadb import BINARY_MIN_ROWS, INSERT_COLUMNS, quote
 
 SITE = "chapada-imperial"
@@ -62,6 +65,17 @@ def count(db: LoggerDB) -> tuple[int, int]:
     return int(total), int(distinct)
 
 
+@pytest.fixture(params=[True, False], ids=["binary", "plain"])
+def fast_path(request: pytest.FixtureRequest) -> bool:
+    """Backlog tests run on both paths: the fast one, and the plain one every batch takes
+    with `fast_path = false` or once the fast path is off."""
+    return request.param
+
+
+def path_stats(fast_path: bool, batches: int) -> dict[str, int]:
+    return {"binary": batches if fast_path else 0, "text": 0 if fast_path else batches, "binary_fallback": 0}
+
+
 @pytest.fixture
 def buffer(tmp_path: Path) -> Iterator[Buffer]:
     b = Buffer(tmp_path / "buffer.sqlite3", COLUMNS)
@@ -80,8 +94,8 @@ def test_chunk_sizes_cover_the_batch_with_few_shapes() -> None:
         assert len(set(sizes)) <= 8
 
 
-def test_a_backlog_batch_arrives_bit_for_bit(logger_db: LoggerDB, buffer: Buffer) -> None:
-    cfg = config_for(logger_db)
+def test_a_backlog_batch_arrives_bit_for_bit(logger_db: LoggerDB, buffer: Buffer, fast_path: bool) -> None:
+    cfg = config_for(logger_db, fast_path=fast_path)
     tricky = {
         **values(0),
         "tensao_l1_n": 0.1,
@@ -101,7 +115,7 @@ def test_a_backlog_batch_arrives_bit_for_bit(logger_db: LoggerDB, buffer: Buffer
     assert worker.drain() == len(seqs)
     stats = worker.sink.stats
     worker.sink.close()
-    assert stats["binary"] == 1 and stats["text"] == 0 and stats["binary_fallback"] == 0
+    assert stats == path_stats(fast_path, 1)
 
     rows = logger_db.rows()
     assert [r["seq"] for r in rows] == seqs
@@ -123,9 +137,9 @@ def test_a_backlog_batch_arrives_bit_for_bit(logger_db: LoggerDB, buffer: Buffer
 
 
 def test_replays_and_overlaps_duplicate_nothing_and_overwrite_nothing(
-    logger_db: LoggerDB, buffer: Buffer
+    logger_db: LoggerDB, buffer: Buffer, fast_path: bool
 ) -> None:
-    cfg = config_for(logger_db)
+    cfg = config_for(logger_db, fast_path=fast_path)
     n = 3 * BINARY_MIN_ROWS
     fill(buffer, n)
     sink = MariaDBSink(cfg.mariadb, cfg.site)
@@ -136,15 +150,17 @@ def test_replays_and_overlaps_duplicate_nothing_and_overwrite_nothing(
     changed = [(*row[:5], *([-1.0] * len(COLUMNS))) for row in first]
     sink.write_batch(buffer.buffer_id, buffer.value_columns, changed)  # never overwrites
     sink.write_batch(buffer.buffer_id, buffer.value_columns, buffer.unsent(n, after=BINARY_MIN_ROWS))
-    assert sink.stats["binary"] == 4
+    assert sink.stats == path_stats(fast_path, 4)
     sink.close()
     assert count(logger_db) == (n, n)
     for k, row in enumerate(logger_db.rows()):
         assert [row[c] for c in COLUMNS] == list(values(k).values())
 
 
-def test_a_value_the_table_refuses_rejects_the_whole_batch(logger_db: LoggerDB, buffer: Buffer) -> None:
-    cfg = config_for(logger_db)
+def test_a_value_the_table_refuses_rejects_the_whole_batch(
+    logger_db: LoggerDB, buffer: Buffer, fast_path: bool
+) -> None:
+    cfg = config_for(logger_db, fast_path=fast_path)
     sink = MariaDBSink(cfg.mariadb, cfg.site)
     sink.ensure_table(cfg.columns())
     logger_db.query(f"ALTER TABLE `{logger_db.database}`.`medicoes` MODIFY `tensao_l1_n` DECIMAL(5,1) NULL")
@@ -159,7 +175,9 @@ def test_a_value_the_table_refuses_rejects_the_whole_batch(logger_db: LoggerDB, 
     with pytest.raises(SinkRejected) as info:
         sink.write_batch(buffer.buffer_id, buffer.value_columns, rows)
     assert "(1264)" in str(info.value) and "tensao_l1_n" in str(info.value)
-    assert sink.stats["binary"] == 0  # it failed in the binary path: no fallback hides the error
+    assert sink.stats["binary"] == 0  # it failed: no fallback hides the error
+    assert sink.stats["text"] == (0 if fast_path else 1) and sink.stats["binary_fallback"] == 0
+    assert sink.sync_path == ("binary" if fast_path else "plain (fast_path = false)")  # a row's fault
     assert count(logger_db) == (0, 0)  # nothing of the batch, not even the rows before the bad one
 
     # the worker then isolates the row (its bisection, through both paths); the rest arrives
@@ -202,9 +220,9 @@ def test_a_value_that_is_not_a_number_goes_to_the_text_insert(logger_db: LoggerD
 
 
 def test_a_server_that_hangs_mid_batch_is_unavailable_within_the_read_timeout(
-    logger_db: LoggerDB, buffer: Buffer
+    logger_db: LoggerDB, buffer: Buffer, fast_path: bool
 ) -> None:
-    cfg = config_for(logger_db, read_timeout_s=1, write_timeout_s=1)
+    cfg = config_for(logger_db, read_timeout_s=1, write_timeout_s=1, fast_path=fast_path)
     sink = MariaDBSink(cfg.mariadb, cfg.site)
     sink.ensure_table(cfg.columns())
     fill(buffer, 4 * wire.CHUNK_ROWS)
@@ -352,14 +370,18 @@ def canary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Pa
 def test_the_sink_never_negotiates_local_infile(logger_db: LoggerDB, buffer: Buffer) -> None:
     cfg = config_for(logger_db)
     sink = MariaDBSink(cfg.mariadb, cfg.site)
-    assert sink.connect_args()["local_infile"] is False
     fill(buffer, BINARY_MIN_ROWS)
     worker = SyncWorker(buffer, sink, cfg.columns(), 1000, cfg.sync)
     assert worker.drain() == BINARY_MIN_ROWS
-    assert isinstance(sink.conn, wire.GuardedConnection)
+    assert isinstance(sink.conn, GuardedConnection)
     assert not sink.conn.client_flag & CLIENT.LOCAL_FILES
-    assert not sink.conn.can_load_local
     sink.close()
+    for tcp in (False, True):  # every other door (export, report, status) is the same connect()
+        conn = connect(config_for(logger_db, port=logger_db.port if tcp else None).mariadb)
+        try:
+            assert isinstance(conn, GuardedConnection) and not conn.client_flag & CLIENT.LOCAL_FILES
+        finally:
+            conn.close()
 
 
 def test_a_rogue_server_asking_the_sink_for_a_file_gets_nothing(
@@ -403,17 +425,16 @@ def test_a_rewritten_load_data_request_sends_neither_the_file_nor_our_data(
     names = ", ".join(quote(c) for c in (*INSERT_COLUMNS, *COLUMNS))
     for rewrite, expect_sent in ((str(path).encode(), False), (b"", True)):
         proxy = RogueProxy(logger_db.port, rewrite=rewrite)
-        args = {**MariaDBSink(config_for(logger_db, port=proxy.port).mariadb, SITE).connect_args()}
-        conn = wire.GuardedConnection.open(args, local_infile=True)
+        conn = open_loading(config_for(logger_db, port=proxy.port).mariadb)
         assert conn.can_load_local and conn._local_infile is False
-        name = wire.new_local_name()
+        name = bench_local_name()
         try:
             with conn.cursor() as cur, conn.offering(name, [data]) as outgoing:
                 sql = f"LOAD DATA LOCAL INFILE '{name.decode()}' IGNORE INTO TABLE medicoes ({names})"
                 if expect_sent:
                     cur.execute(sql)
                 else:
-                    with pytest.raises(wire.LocalInfileRefused) as info:
+                    with pytest.raises(LocalInfileRefused) as info:
                         cur.execute(sql)
                     assert str(path) in str(info.value)
             conn.rollback()
@@ -430,10 +451,10 @@ def test_a_rewritten_load_data_request_sends_neither_the_file_nor_our_data(
 def test_pymysql_own_handler_is_disarmed_on_guarded_connections(
     logger_db: LoggerDB, canary: tuple[Path, bytes, list[str]]
 ) -> None:
-    """A code path that bypasses GuardedResult reaches PyMySQL's handler, which must refuse."""
+    """A code path that bypasses GuardedResult reaches PyMySQL's handler, which must refuse,
+    even on the bench's connection that negotiated LOCAL INFILE."""
     path, _secret, opened = canary
-    cfg = config_for(logger_db)
-    conn = wire.GuardedConnection.open(MariaDBSink(cfg.mariadb, SITE).connect_args(), local_infile=True)
+    conn = open_loading(config_for(logger_db).mariadb)
     try:
         packet = pymysql.protocol.MysqlPacket(b"\xfb" + str(path).encode(), "utf8")
         with pytest.raises(RuntimeError, match="local_infile option is false"):
@@ -451,7 +472,6 @@ def test_the_guard_answers_an_unexpected_request_with_an_empty_file() -> None:
     class Wire:
         def __init__(self) -> None:
             self.sent: list[bytes] = []
-            self._outgoing = None
 
         def write_packet(self, payload: bytes) -> None:
             self.sent.append(payload)
@@ -460,8 +480,8 @@ def test_the_guard_answers_an_unexpected_request_with_an_empty_file() -> None:
             return pymysql.protocol.MysqlPacket(b"\x00\x00\x00\x02\x00\x00\x00", "utf8")
 
     fake = Wire()
-    result = wire.GuardedResult(fake)  # type: ignore[arg-type]
+    result = GuardedResult(fake)  # type: ignore[arg-type]
     request = pymysql.protocol.MysqlPacket(b"\xfb/etc/shadow", "utf8")
-    with pytest.raises(wire.LocalInfileRefused, match="/etc/shadow"):
+    with pytest.raises(LocalInfileRefused, match="/etc/shadow"):
         result._read_load_local_packet(request)
     assert fake.sent == [b""]

@@ -57,6 +57,13 @@ def corrupt_name(path: Path, now: float) -> Path:
     raise BufferError(f"buffer {path}: too many corrupt copies named {path.stem}.corrupt-{stamp}*")
 
 
+def unnoted(path: Path, known: list[str]) -> list[Path]:
+    """Corrupt copies of `path` beside it that are not in `known` (a power cut between a
+    move aside and its note keeps the file, not the note)."""
+    copies = sorted(path.parent.glob(f"{path.stem}.corrupt-*{path.suffix}"))
+    return [aside for aside in copies if str(aside) not in set(known)]
+
+
 def move_aside(path: Path, exc: BufferCorrupt, now: float) -> Path:
     """Rename the corrupt buffer and its -wal and -shm; returns the new name."""
     aside = corrupt_name(path, now)

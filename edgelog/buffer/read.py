@@ -59,11 +59,11 @@ class Latest(NamedTuple):
 
 
 class Poll(NamedTuple):
-    """One row, reading or failed poll, as sync-status counts them."""
+    """One row, reading or failed poll (`error` set), as sync-status counts them."""
 
     meter: str
     measured_at: float
-    failed: bool
+    error: str | None
 
 
 @dataclass(frozen=True)
@@ -140,8 +140,8 @@ def newest(buffer: Buffer, meter: str, good_only: bool = False) -> Latest | None
 
 def recent_polls(buffer: Buffer, limit: int) -> list[Poll]:
     R = buffer.tables.Reading
-    query = R.select(R.meter, R.measured_at, R.error.is_null(False)).order_by(R.seq.desc()).limit(limit)
-    return [Poll(meter, at, bool(failed)) for meter, at, failed in query.tuples()]
+    query = R.select(R.meter, R.measured_at, R.error).order_by(R.seq.desc()).limit(limit)
+    return [Poll(*row) for row in query.tuples()]
 
 
 def newest_trusted_at(buffer: Buffer) -> float | None:

@@ -174,7 +174,9 @@ class Buffer:
         try:
             if path.exists():
                 corrupt.check_file(path)
-            return cls(path, columns, max_bytes=max_bytes, check=False)
+            buffer = cls(path, columns, max_bytes=max_bytes, check=False)
+            buffer.note_unnoted_corrupt()
+            return buffer
         except BufferCorrupt as exc:
             aside = corrupt.move_aside(path, exc, time.time() if now is None else now)
             log.error("%s; moved aside to %s (kept, never deleted); starting a new buffer", exc, aside)
@@ -281,10 +283,27 @@ class Buffer:
             except BufferError as exc:
                 log.debug("%s (counted with the next write)", exc)
 
+    def get_meta(self, key: str) -> str | None:
+        """A text value another part keeps in the buffer under `key` (the sync worker's
+        facts for sync-status: how it writes, the node in use), or None."""
+        return self.meta.get(key)
+
+    def set_meta(self, key: str, value: str | None) -> None:
+        """Keep `value` under `key`, written at once (callers write only on a change)."""
+        with self.write(f"cannot record {key}"):
+            self.meta.set(key, value)
+
     def note_corrupt(self, moved_to: str) -> None:
         """Remember a corrupt buffer moved aside at start (shown by sync-status)."""
         with self.write("cannot record the corrupt buffer"):
             self.meta.set(CORRUPT_BUFFERS, json.dumps([*self.corrupt_buffers(), moved_to]))
+
+    def note_unnoted_corrupt(self) -> None:
+        """Note the corrupt copies beside the buffer that it does not know of: a power cut
+        between a move aside and its note keeps the file, not the note."""
+        for aside in corrupt.unnoted(self.path, self.corrupt_buffers()):
+            log.error("buffer %s: a corrupt buffer was moved aside to %s (kept)", self.path, aside)
+            self.note_corrupt(str(aside))
 
     # -- the sync position (position.py) -----------------------------------------------
 
@@ -385,7 +404,7 @@ class Buffer:
         return read.newest(self, meter, good_only)
 
     def recent_polls(self, limit: int) -> list[Poll]:
-        """The newest `limit` rows, newest first: (meter, measured_at, failed)."""
+        """The newest `limit` rows, newest first: (meter, measured_at, error)."""
         return read.recent_polls(self, limit)
 
     def newest_trusted_at(self) -> float | None:

@@ -88,6 +88,10 @@ class Writer:
     def pending(self) -> int:
         return self._queue.qsize()
 
+    def is_alive(self) -> bool:
+        """The thread runs (False before start, after stop, and after it died)."""
+        return self._thread is not None and self._thread.is_alive()
+
     def put(self, reading: NewReading) -> Handoff:
         handoff = Handoff(reading)
         if self.commit_every_s:
@@ -141,7 +145,6 @@ class Writer:
                     group = self._flush(group)
                     self._guarded(self._later.popleft())
         finally:
-            self._flush(group)
             if self._on_exit is not None:
                 self._guarded(self._on_exit)
 

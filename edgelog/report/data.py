@@ -1,25 +1,29 @@
-"""The report's numbers: a period, the rows streamed into per-minute bins, and the summary.
+"""The report's input: a period, and the rows of a meter added into per-minute bins.
 
-Rows arrive in chunks (from MariaDB's server-side cursor or the buffer, see
-`edgelog.export`), are turned into numpy arrays and added into one-minute bins
-(sum, count, min, max of every value, plus counts of rows and failed polls), so
-a month of 1 Hz readings needs the bins (tens of MB), never the rows.
+The one-minute bin is the unit of input. Raw rows (from MariaDB's server-side
+cursor or the buffer, see `edgelog.export`) arrive in chunks; `Aggregator.add`
+turns a chunk into `MinuteBins` (per minute and per series: sum, count, min and
+max, plus counts of rows, answered polls and failed polls) and merges them with
+`Aggregator.add_bins`. A row of a per-minute aggregate table (avg, min, max and
+sample count per column) is one bin (sum = avg x count), so such a table can
+feed `add_bins` directly. A month of 1 Hz readings needs the bins (tens of MB),
+never the rows.
 
-Definitions (also in the report's notes):
-* sampling interval: the median spacing of successive readings;
-* energy (integrated): per minute, mean active power x covered time, where the
-  covered time is readings x interval (at most the minute): periods without
-  data add nothing;
-* energy (meter counter): last minus first value of the counter in the period;
-  it also counts the periods without data while the meter kept counting;
-* demand: mean active power over fixed 15-minute windows aligned to the clock
-  (:00, :15, :30, :45); windows with less than half their readings are left
-  out; peak demand is the largest;
-* load factor: mean demand over the covered time / peak demand;
-* hours without data: the period (up to now) minus the covered time; of which
-  failed polls (the logger ran, the meter did not answer) and no rows at all
-  (the logger was off: typically a power cut);
-* power factor: P/S from the sums of a bin (energy-weighted), per phase and total.
+Per sample, before binning:
+* an interrupted sample (any phase-neutral voltage below `limits.INTERRUPTION_PU`
+  of nominal: a dead bus measured by the meter) is counted in the series "dead"
+  and its instantaneous values are left out of every other series (the energy
+  counters are kept): voltage, frequency, power-factor and unbalance figures are
+  those of the time the plant was supplying;
+* derived series: total P, Q and S; the voltage unbalance FD; the current
+  unbalance (largest deviation from the mean of the three currents, and that
+  mean); the sequence currents I1, I2 and the neutral current estimated from
+  P, Q and the voltages (`sequence_currents`); one 0/1 flag per frequency band
+  (`FREQ_FLAGS`), so that time outside a band is a count of samples.
+
+What needs the samples themselves (runs of samples: the events of
+`report.events`) is detected in `Aggregator.add` while the rows stream past;
+from aggregate rows alone it is not available.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import math
 import re
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -106,6 +110,15 @@ class Period:
             return f"{year}-W{week:02d}"
         return self.start.strftime("%Y-%m")
 
+    def days(self) -> list[tuple[dt.date, float, float]]:
+        """The local days of the period: (date, start, end) in unix seconds."""
+        out, day = [], self.start
+        while day < self.end:
+            following = _add_days(day, 1)
+            out.append((day.date(), day.timestamp(), following.timestamp()))
+            day = following
+        return out
+
     @property
     def display_bin_s(self) -> int:
         """Resolution of the charts: 1 min for a day, 10 min for a week, 30 min for a month."""
@@ -125,26 +138,110 @@ def _add_days(start: dt.datetime, days: int) -> dt.datetime:
     return dt.datetime.combine(d, dt.time(), start.tzinfo)
 
 
-# -- streaming aggregation ---------------------------------------------------------------
+# -- per-sample series -------------------------------------------------------------------
 
 
 def _col(prefix: str, k: int) -> str:
     return f"{prefix}_l{k}" if prefix != "tensao" else f"tensao_l{k}_n"
 
 
-DERIVED = ("p_total", "q_total", "s_total", "fd", "i_unbalance", "f_out", "dead")
+#: Cumulative registers: kept in interrupted samples (the meter keeps counting).
+COUNTERS = frozenset({"energia_ativa", "energia_reativa"})
+
+
+def _freq_flags() -> tuple[tuple[str, float, float], ...]:
+    """(series, lo, hi): the flag is 1 when the frequency is outside [lo, hi]."""
+    flags = [
+        ("f_out_normal", *limits.FREQ_NORMAL),
+        ("f_out_recovery", *limits.FREQ_RECOVERY),
+        ("f_out_extreme", *limits.FREQ_EXTREME),
+        ("f_out_island", *limits.FREQ_ISLAND_NARROW),
+        ("f_out_island_wide", *limits.FREQ_ISLAND_WIDE),
+    ]
+    for side, threshold, _max_s in limits.FREQ_TIME_LIMITS:
+        name = f"f_{side}_{threshold:g}".replace(".", "_")
+        flags.append((name, threshold, math.inf) if side == "below" else (name, -math.inf, threshold))
+    return tuple(flags)
+
+
+FREQ_FLAGS = _freq_flags()
+DERIVED = (
+    "p_total",
+    "q_total",
+    "s_total",
+    "fd",
+    "v_mean",
+    "i_mean",
+    "i_dev",
+    "i1",
+    "i2",
+    "in_est",
+    *(name for name, _, _ in FREQ_FLAGS),
+    "dead",
+)
+
+
+def sequence_currents(
+    v: np.ndarray, vll: np.ndarray, p: np.ndarray, q: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Estimated |I1|, |I2| and |Ia + Ib + Ic| (A) per sample, from magnitudes only.
+
+    v: phase-neutral voltages (n, 3); vll: line voltages L1-L2, L2-L3, L3-L1 (n, 3);
+    p, q: per-phase active and reactive power (n, 3), Q > 0 inductive (load convention).
+    The voltage phasors follow from the six voltage magnitudes (law of cosines:
+    the angle between Va and Vb from |Va|, |Vb| and |Vab|), assuming positive phase
+    sequence; each current is conj(S/V). Three current magnitudes alone cannot give
+    I2: the angles come from P and Q. Where the meter's Q holds harmonic reactive
+    power, or the rotation is negative, the estimate is off (see docs/load-study.md).
+    """
+    va, vb, vc = v[:, 0], v[:, 1], v[:, 2]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cab = np.clip((va**2 + vb**2 - vll[:, 0] ** 2) / (2 * va * vb), -1, 1)
+        cca = np.clip((vc**2 + va**2 - vll[:, 2] ** 2) / (2 * vc * va), -1, 1)
+        phasors = np.stack(
+            [va + 0j, vb * np.exp(-1j * np.arccos(cab)), vc * np.exp(1j * np.arccos(cca))], axis=1
+        )
+        currents = np.conj((p + 1j * q) / phasors)
+    a = np.exp(2j * np.pi / 3)
+    ia, ib, ic = currents[:, 0], currents[:, 1], currents[:, 2]
+    i1 = np.abs(ia + a * ib + a * a * ic) / 3
+    i2 = np.abs(ia + a * a * ib + a * ic) / 3
+    return i1, i2, np.abs(ia + ib + ic)
+
+
+@dataclass
+class MinuteBins:
+    """Per-minute aggregates of some minutes: the report's unit of input.
+
+    `minute` holds absolute minute numbers (unix seconds // 60, no repeats); the
+    other arrays are per minute, columns in `Aggregator.series` order.
+    """
+
+    minute: np.ndarray
+    sum: np.ndarray
+    cnt: np.ndarray
+    min: np.ndarray
+    max: np.ndarray
+    rows: np.ndarray  # every row, failed polls included
+    good: np.ndarray  # rows with values (the meter answered)
+    failed: np.ndarray
 
 
 class Aggregator:
-    """Adds chunks of rows into per-minute bins of [start, end)."""
+    """Adds chunks of rows, or per-minute bins, into the per-minute bins of [start, end)."""
 
     def __init__(self, start: float, end: float, columns: Sequence[str]):
+        from .events import EventDetector
+
+        if start % BIN_S or end % BIN_S:
+            raise EdgelogError("report: a period must start and end on whole minutes")
         self.start, self.end = start, end
         self.columns = list(columns)
         self.series = [*self.columns, *DERIVED]
         self.index = {name: i for i, name in enumerate(self.series)}
         n, k = max(1, math.ceil((end - start) / BIN_S)), len(self.series)
         self.n = n
+        self.first_minute = int(start // BIN_S)
         self.sum = np.zeros((n, k))
         self.cnt = np.zeros((n, k), dtype=np.int64)
         self.min = np.full((n, k), np.inf)
@@ -154,14 +251,18 @@ class Aggregator:
         self.failed = np.zeros(n, dtype=np.int64)
         self.bad_clock = 0
         self.total_rows = 0
-        self.counter_first: dict[str, tuple[float, float]] = {}
-        self.counter_last: dict[str, tuple[float, float]] = {}
+        self.events = EventDetector()
+        self.interval_hint: float | None = None  # set by a reader of aggregate rows
         self._last_t: float | None = None
         self._diffs: list[np.ndarray] = []
         self._diff_count = 0
 
     def has(self, *names: str) -> bool:
         return all(n in self.index for n in names)
+
+    def any(self, name: str) -> bool:
+        """Whether the series has at least one value."""
+        return name in self.index and bool(self.cnt[:, self.index[name]].any())
 
     def add(self, chunk: Sequence[Sequence[Any]]) -> None:
         """Rows: (measured_at, site, meter, clock_ok, error, *values in `columns` order)."""
@@ -175,29 +276,52 @@ class Aggregator:
         inside = (t >= self.start) & (t < self.end)
         if not inside.all():
             t, ok, failed, values = t[inside], ok[inside], failed[inside], values[inside]
+        if not len(t):
+            return
         self.total_rows += len(t)
         self.bad_clock += int((~ok).sum())
-        b = ((t - self.start) // BIN_S).astype(np.int64)
-        np.add.at(self.rows, b, 1)
-        np.add.at(self.failed, b, failed.astype(np.int64))
         self._spacing(t)  # failed polls are on the sampling grid too
-        good = ~failed
-        t, b, values = t[good], b[good], values[good]
-        np.add.at(self.good, b, 1)
-        data = np.concatenate([values, self._derived(values)], axis=1)
+        derived = self._derived(values)  # also blanks the values of interrupted samples
+        data = np.concatenate([values, derived], axis=1)
+        data[failed] = np.nan
+        self.events.feed(t, failed, data[:, self.index["dead"]], self._column(data, "frequencia"))
+        self.add_bins(self._bin(t, failed, data))
+
+    def _column(self, data: np.ndarray, name: str) -> np.ndarray | None:
+        return data[:, self.index[name]] if name in self.index else None
+
+    def _bin(self, t: np.ndarray, failed: np.ndarray, data: np.ndarray) -> MinuteBins:
+        minute, b = np.unique((t // BIN_S).astype(np.int64), return_inverse=True)
+        m, k = len(minute), data.shape[1]
         valid = np.isfinite(data)
-        np.add.at(self.sum, b, np.where(valid, data, 0.0))
-        np.add.at(self.cnt, b, valid.astype(np.int64))
-        np.minimum.at(self.min, b, np.where(valid, data, np.inf))
-        np.maximum.at(self.max, b, np.where(valid, data, -np.inf))
-        for name in ("energia_ativa", "energia_reativa"):
-            if name in self.index:
-                col = values[:, self.index[name]]
-                idx = np.flatnonzero(np.isfinite(col))
-                if idx.size:
-                    first, last = idx[0], idx[-1]
-                    self.counter_first.setdefault(name, (float(t[first]), float(col[first])))
-                    self.counter_last[name] = (float(t[last]), float(col[last]))
+        bins = MinuteBins(
+            minute=minute,
+            sum=np.zeros((m, k)),
+            cnt=np.zeros((m, k), dtype=np.int64),
+            min=np.full((m, k), np.inf),
+            max=np.full((m, k), -np.inf),
+            rows=np.bincount(b, minlength=m).astype(np.int64),
+            good=np.bincount(b, weights=(~failed).astype(float), minlength=m).astype(np.int64),
+            failed=np.bincount(b, weights=failed.astype(float), minlength=m).astype(np.int64),
+        )
+        np.add.at(bins.sum, b, np.where(valid, data, 0.0))
+        np.add.at(bins.cnt, b, valid.astype(np.int64))
+        np.minimum.at(bins.min, b, np.where(valid, data, np.inf))
+        np.maximum.at(bins.max, b, np.where(valid, data, -np.inf))
+        return bins
+
+    def add_bins(self, bins: MinuteBins) -> None:
+        """Merge per-minute aggregates (from rows, or from an aggregate table)."""
+        idx = bins.minute - self.first_minute
+        keep = (idx >= 0) & (idx < self.n)
+        idx = idx[keep]
+        np.add.at(self.sum, idx, bins.sum[keep])
+        np.add.at(self.cnt, idx, bins.cnt[keep])
+        np.minimum.at(self.min, idx, bins.min[keep])
+        np.maximum.at(self.max, idx, bins.max[keep])
+        np.add.at(self.rows, idx, bins.rows[keep])
+        np.add.at(self.good, idx, bins.good[keep])
+        np.add.at(self.failed, idx, bins.failed[keep])
 
     def _spacing(self, t: np.ndarray) -> None:
         if self._diff_count >= 20000 or not len(t):
@@ -212,44 +336,62 @@ class Aggregator:
     @property
     def interval_s(self) -> float:
         """The sampling interval: the median spacing of successive readings (1 s if unknown)."""
+        if self.interval_hint is not None:
+            return self.interval_hint
         diffs = np.concatenate(self._diffs) if self._diffs else np.array([])
         return float(np.median(diffs)) if diffs.size else 1.0
 
     def _derived(self, v: np.ndarray) -> np.ndarray:
         out = np.full((len(v), len(DERIVED)), np.nan)
+        at = {name: j for j, name in enumerate(DERIVED)}
 
         def col(name: str) -> np.ndarray | None:
             return v[:, self.index[name]] if name in self.index else None
 
-        for j, prefix in enumerate(("potencia_ativa", "potencia_reativa", "potencia_aparente")):
+        def phases(prefix: str) -> np.ndarray | None:
             parts = [col(_col(prefix, k)) for k in PHASES]
-            if all(p is not None for p in parts):
-                out[:, j] = parts[0] + parts[1] + parts[2]  # type: ignore[operator]
-        vab, vbc, vca = col("tensao_l1_l2"), col("tensao_l2_l3"), col("tensao_l3_l1")
-        if vab is not None and vbc is not None and vca is not None:
-            sq = vab**2 + vbc**2 + vca**2
+            return np.stack(parts, axis=1) if all(p is not None for p in parts) else None  # type: ignore[arg-type]
+
+        volts = phases("tensao")
+        if volts is not None:
+            dead = (volts < limits.INTERRUPTION_PU * limits.PHASE_NEUTRAL_127.nominal).any(axis=1)
+            out[:, at["dead"]] = np.where(np.isfinite(volts).all(axis=1) | dead, dead.astype(float), np.nan)
+            out[:, at["v_mean"]] = volts.mean(axis=1)
+            instantaneous = [i for i, name in enumerate(self.columns) if name not in COUNTERS]
+            v[np.ix_(dead, instantaneous)] = np.nan  # an interrupted sample says nothing more
+            out[dead, at["v_mean"]] = np.nan
+        p, q, s = phases("potencia_ativa"), phases("potencia_reativa"), phases("potencia_aparente")
+        for name, x in (("p_total", p), ("q_total", q), ("s_total", s)):
+            if x is not None:
+                out[:, at[name]] = x.sum(axis=1)
+        vll = [col(name) for name in ("tensao_l1_l2", "tensao_l2_l3", "tensao_l3_l1")]
+        if all(x is not None for x in vll):
+            lines = np.stack(vll, axis=1)  # type: ignore[arg-type]
+            sq = (lines**2).sum(axis=1)
             with np.errstate(invalid="ignore", divide="ignore"):
-                beta = (vab**4 + vbc**4 + vca**4) / sq**2
+                beta = (lines**4).sum(axis=1) / sq**2
                 root = np.sqrt(np.clip(3 - 6 * beta, 0, None))
-                out[:, 3] = 100 * np.sqrt((1 - root) / (1 + root))
-        currents = [col(_col("corrente", k)) for k in PHASES]
-        if all(c is not None for c in currents):
-            stack = np.stack(currents, axis=1)  # type: ignore[arg-type]
-            mean = stack.mean(axis=1)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                out[:, 4] = np.where(mean > 0, 100 * np.abs(stack - mean[:, None]).max(axis=1) / mean, np.nan)
+                out[:, at["fd"]] = 100 * np.sqrt((1 - root) / (1 + root))
+            if volts is not None and p is not None and q is not None:
+                i1, i2, i_n = sequence_currents(volts, lines, p, q)
+                out[:, at["i1"]], out[:, at["i2"]], out[:, at["in_est"]] = i1, i2, i_n
+        currents = phases("corrente")
+        if currents is not None:
+            mean = currents.mean(axis=1)
+            out[:, at["i_mean"]] = mean
+            out[:, at["i_dev"]] = np.abs(currents - mean[:, None]).max(axis=1)
         f = col("frequencia")
         if f is not None:
-            lo, hi = limits.FREQ_NORMAL
-            out[:, 5] = np.where(np.isfinite(f), ((f < lo) | (f > hi)).astype(float), np.nan)
-        volts = [col(_col("tensao", k)) for k in PHASES]
-        if all(x is not None for x in volts):
-            stack = np.stack(volts, axis=1)  # type: ignore[arg-type]
-            dead = (stack < limits.DEAD_BUS_PU * limits.PHASE_NEUTRAL_127.nominal).all(axis=1)
-            out[:, 6] = np.where(np.isfinite(stack).all(axis=1), dead.astype(float), np.nan)
+            for name, lo, hi in FREQ_FLAGS:
+                out[:, at[name]] = np.where(np.isfinite(f), ((f < lo) | (f > hi)).astype(float), np.nan)
         return out
 
     # -- views -----------------------------------------------------------------------
+
+    def total(self, name: str) -> tuple[float, int]:
+        """Sum and count of a series over the whole period."""
+        i = self.index[name]
+        return float(self.sum[:, i].sum()), int(self.cnt[:, i].sum())
 
     def mean(self, name: str, group: int = 1) -> np.ndarray:
         """Mean of a series per bin of `group` minutes (NaN where no value)."""
@@ -268,16 +410,23 @@ class Aggregator:
     def extreme(self, name: str, group: int, which: str) -> np.ndarray:
         i = self.index[name]
         data = self.min[:, i] if which == "min" else self.max[:, i]
-        n = len(data) // group * group
-        pad = len(data) - n
         fill = np.inf if which == "min" else -np.inf
-        arr = np.concatenate([data, np.full((group - pad) % group, fill)]).reshape(-1, group)
+        arr = np.concatenate([data, np.full((-len(data)) % group, fill)]).reshape(-1, group)
         out = arr.min(axis=1) if which == "min" else arr.max(axis=1)
         return np.where(np.isfinite(out), out, np.nan)
 
     def times(self, group: int = 1) -> np.ndarray:
         """Start of each (grouped) bin, unix seconds."""
         return self.start + np.arange(math.ceil(self.n / group)) * BIN_S * group
+
+    def dead_count(self) -> np.ndarray:
+        """Interrupted samples per bin."""
+        return self.sum[:, self.index["dead"]] if "dead" in self.index else np.zeros(self.n)
+
+    def covered_s(self, supplied: bool = False) -> np.ndarray:
+        """Seconds of each bin covered by answered readings (by supplied ones: not interrupted)."""
+        count = self.good - (self.dead_count() if supplied else 0)
+        return np.minimum(np.maximum(count, 0) * self.interval_s, BIN_S).astype(float)
 
 
 def _group_sum(a: np.ndarray, group: int) -> np.ndarray:
@@ -287,168 +436,15 @@ def _group_sum(a: np.ndarray, group: int) -> np.ndarray:
     return np.concatenate([a.astype(float), np.zeros(pad)]).reshape(-1, group).sum(axis=1)
 
 
-# -- the summary -----------------------------------------------------------------------
-
-
-@dataclass
-class Summary:
-    """The figures of the report's table; None where the data does not allow them."""
-
-    interval_s: float
-    period_h: float  # the period up to now
-    covered_h: float
-    rows: int
-    failed_polls: int
-    bad_clock_rows: int
-    hours_no_data: float
-    hours_failed_polls: float
-    hours_no_rows: float
-    hours_dead_bus: float | None
-    energy_kwh: float | None
-    energy_kwh_phase: dict[int, float] = field(default_factory=dict)
-    reactive_kvarh: float | None = None
-    counter_kwh: float | None = None
-    counter_kvarh: float | None = None
-    counter_span: tuple[float, float] | None = None
-    peak_kw: float | None = None
-    peak_at: float | None = None
-    mean_kw: float | None = None
-    load_factor: float | None = None
-    voltage: dict[str, tuple[float, float, float]] = field(default_factory=dict)  # name -> avg, min, max
-    drp: dict[int, float] = field(default_factory=dict)  # % of 10-min windows precarious, per phase
-    drc: dict[int, float] = field(default_factory=dict)
-    prodist_windows: int = 0
-    fd95: float | None = None
-    fd_max: float | None = None
-    current_unbalance_mean: float | None = None
-    freq: tuple[float, float, float] | None = None  # avg, min, max
-    freq_out_pct: float | None = None
-    pf_total: float | None = None
-    pf_phase: dict[int, float] = field(default_factory=dict)
-
-
-def summarize(agg: Aggregator, now: float | None = None) -> Summary:
-    now = time.time() if now is None else now
-    interval = agg.interval_s
-    period_s = max(0.0, min(now, agg.end) - agg.start)
-    covered = np.minimum(agg.good * interval, BIN_S).astype(float)
-    covered_s = float(covered.sum())
-    failed_s = float(np.minimum(agg.failed * interval, BIN_S - covered).sum())
-    no_data_s = max(0.0, period_s - covered_s)
-    s = Summary(
-        interval_s=interval,
-        period_h=period_s / 3600,
-        covered_h=covered_s / 3600,
-        rows=int(agg.total_rows),
-        failed_polls=int(agg.failed.sum()),
-        bad_clock_rows=int(agg.bad_clock),
-        hours_no_data=no_data_s / 3600,
-        hours_failed_polls=min(failed_s, no_data_s) / 3600,
-        hours_no_rows=max(0.0, no_data_s - failed_s) / 3600,
-        hours_dead_bus=None,
-        energy_kwh=None,
-    )
-
-    def integrate(name: str) -> float | None:
-        if not agg.has(name) or not agg.cnt[:, agg.index[name]].any():
-            return None
-        i = agg.index[name]
-        c = agg.cnt[:, i]
-        mean = np.where(c > 0, agg.sum[:, i] / np.maximum(c, 1), 0.0)
-        cov = np.minimum(c * interval, BIN_S)
-        return float((mean * cov).sum() / 3600)  # Wh
-
-    if (e := integrate("p_total")) is not None:
-        s.energy_kwh = e / 1000
-    for k in PHASES:
-        if (e := integrate(_col("potencia_ativa", k))) is not None:
-            s.energy_kwh_phase[k] = e / 1000
-    if (e := integrate("q_total")) is not None:
-        s.reactive_kvarh = e / 1000
-    for name, attr, scale in (
-        ("energia_ativa", "counter_kwh", 1e-3),
-        ("energia_reativa", "counter_kvarh", 1e-3),
-    ):
-        if name in agg.counter_first and name in agg.counter_last:
-            (t0, v0), (t1, v1) = agg.counter_first[name], agg.counter_last[name]
-            if t1 > t0 and v1 >= v0:
-                setattr(s, attr, (v1 - v0) * scale)
-                s.counter_span = (t0, t1)
-    if agg.has("dead"):
-        i = agg.index["dead"]
-        s.hours_dead_bus = float((agg.sum[:, i] * interval).sum() / 3600)
-
-    # demand: fixed 15-minute windows
-    if agg.has("p_total") and agg.cnt[:, agg.index["p_total"]].any():
-        group = limits.DEMAND_WINDOW_S // BIN_S
-        i = agg.index["p_total"]
-        sums, counts = _group_sum(agg.sum[:, i], group), _group_sum(agg.cnt[:, i], group)
-        expected = limits.DEMAND_WINDOW_S / interval
-        usable = counts >= 0.5 * expected
-        if usable.any():
-            demand = np.where(usable, sums / np.maximum(counts, 1), -np.inf)
-            w = int(np.argmax(demand))
-            s.peak_kw = float(demand[w]) / 1000
-            s.peak_at = agg.start + w * limits.DEMAND_WINDOW_S
-        if s.energy_kwh is not None and s.covered_h > 0:
-            s.mean_kw = s.energy_kwh / s.covered_h
-            if s.peak_kw:
-                s.load_factor = s.mean_kw / s.peak_kw
-
-    # voltage
-    for name in [*(_col("tensao", k) for k in PHASES), "tensao_l1_l2", "tensao_l2_l3", "tensao_l3_l1"]:
-        if agg.has(name) and agg.cnt[:, agg.index[name]].any():
-            i = agg.index[name]
-            avg = float(agg.sum[:, i].sum() / agg.cnt[:, i].sum())
-            lo = float(agg.min[:, i][np.isfinite(agg.min[:, i])].min())
-            hi = float(agg.max[:, i][np.isfinite(agg.max[:, i])].max())
-            s.voltage[name] = (avg, lo, hi)
-    group10 = limits.PRODIST_WINDOW_S // BIN_S
-    for k in PHASES:
-        name = _col("tensao", k)
-        if agg.has(name):
-            windows = agg.mean(name, group10)
-            windows = windows[np.isfinite(windows)]
-            if windows.size:
-                classes = [limits.PHASE_NEUTRAL_127.classify(float(v)) for v in windows]
-                s.prodist_windows = max(s.prodist_windows, len(classes))
-                s.drp[k] = 100 * classes.count("precarious") / len(classes)
-                s.drc[k] = 100 * classes.count("critical") / len(classes)
-    if agg.has("fd"):
-        fd = agg.mean("fd", group10)
-        fd = fd[np.isfinite(fd)]
-        if fd.size:
-            s.fd95 = float(np.percentile(fd, 95))
-            s.fd_max = float(fd.max())
-    if agg.has("i_unbalance") and agg.cnt[:, agg.index["i_unbalance"]].any():
-        i = agg.index["i_unbalance"]
-        s.current_unbalance_mean = float(agg.sum[:, i].sum() / agg.cnt[:, i].sum())
-    if agg.has("frequencia") and agg.cnt[:, agg.index["frequencia"]].any():
-        i = agg.index["frequencia"]
-        s.freq = (
-            float(agg.sum[:, i].sum() / agg.cnt[:, i].sum()),
-            float(agg.min[:, i][np.isfinite(agg.min[:, i])].min()),
-            float(agg.max[:, i][np.isfinite(agg.max[:, i])].max()),
-        )
-        j = agg.index["f_out"]
-        s.freq_out_pct = float(100 * agg.sum[:, j].sum() / max(agg.cnt[:, j].sum(), 1))
-    if agg.has("p_total", "s_total"):
-        p, sa = agg.sum[:, agg.index["p_total"]].sum(), agg.sum[:, agg.index["s_total"]].sum()
-        if sa > 0:
-            s.pf_total = float(p / sa)
-    for k in PHASES:
-        pn, sn = _col("potencia_ativa", k), _col("potencia_aparente", k)
-        if agg.has(pn, sn):
-            p, sa = agg.sum[:, agg.index[pn]].sum(), agg.sum[:, agg.index[sn]].sum()
-            if sa > 0:
-                s.pf_phase[k] = float(p / sa)
-    return s
-
-
 def gap_spans(agg: Aggregator, now: float | None = None) -> list[tuple[float, float, str]]:
-    """Runs of minutes without a reading, up to now: (start, end, "failed" | "none")."""
+    """Runs of minutes without supply or without readings, up to now:
+    (start, end, "dead" | "failed" | "none"): measured interruption, failed polls, no rows."""
     now = time.time() if now is None else now
-    state = np.where(agg.good > 0, 0, np.where(agg.failed > 0, 1, 2))
+    dead = agg.dead_count()
+    state = np.where(
+        (agg.good > 0) & (dead < agg.good), 0, np.where(agg.good > 0, 3, np.where(agg.failed > 0, 1, 2))
+    )
+    kinds = {1: "failed", 2: "none", 3: "dead"}
     spans: list[tuple[float, float, str]] = []
     limit = int(np.clip(math.ceil((min(now, agg.end) - agg.start) / BIN_S), 0, agg.n))
     i = 0
@@ -459,8 +455,7 @@ def gap_spans(agg: Aggregator, now: float | None = None) -> list[tuple[float, fl
         j = i
         while j < limit and state[j] == state[i]:
             j += 1
-        kind = "failed" if state[i] == 1 else "none"
-        spans.append((agg.start + i * BIN_S, min(agg.start + j * BIN_S, now, agg.end), kind))
+        spans.append((agg.start + i * BIN_S, min(agg.start + j * BIN_S, now, agg.end), kinds[int(state[i])]))
         i = j
     return spans
 

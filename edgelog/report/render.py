@@ -1,4 +1,6 @@
-"""The report's picture (five stacked panels), its summary table, and the PNG, PDF and HTML files.
+"""The report's first page (five panels sharing the time axis), and the PNG, PDF and HTML files.
+
+The second page is `report.charts`, the tables `report.tables`.
 
 matplotlib is used through its object API with the Agg canvas: no pyplot, no
 display, no global state, so it runs on a headless Pi and in a thread alike.
@@ -13,7 +15,7 @@ import io
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from typing import BinaryIO, TextIO
 
 import matplotlib
 
@@ -29,13 +31,28 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from .. import __version__
 from . import limits
-from .data import BIN_S, PHASES, Aggregator, Period, Summary, _col, gap_spans
-from .text import PANELS, WEEKDAYS, number, period_label, t, tick
+from .charts import study_figure
+from .data import BIN_S, PHASES, Aggregator, Period, _col, gap_spans
+from .summary import Summary
+from .tables import day_rows, event_rows, table_figures, table_rows
+from .text import PANELS, STUDY_PANELS, WEEKDAYS, period_label, t, tick
+
+__all__ = [
+    "Meta",
+    "figure",
+    "png_bytes",
+    "study_figure",
+    "table_figures",
+    "table_rows",
+    "write_html",
+    "write_pdf",
+]
 
 PHASE_COLOURS = {1: "#0072B2", 2: "#D55E00", 3: "#009E73"}  # colour-blind safe (Okabe-Ito)
 TOTAL_COLOUR = "#222222"
 NO_DATA_COLOUR = "#9e9e9e"
 FAILED_COLOUR = "#d62728"
+DEAD_COLOUR = "#9467bd"
 A4_PORTRAIT = (8.27, 11.69)
 PNG_DPI = 200
 STYLE = {
@@ -117,27 +134,43 @@ def figure(agg: Aggregator, period: Period, meta: Meta, now: float) -> Figure:
         _voltage_bands(volt, agg, lang)
         volt.set_ylabel("V")
 
-        # (c) frequency
+        # (c) frequency, against PRODIST's normal and recovery bands and EN 50160's island band
         if agg.has("frequencia"):
             freq.plot(
-                x, agg.mean("frequencia", group), color=TOTAL_COLOUR, lw=0.6, label=t(lang, "panel_freq")
+                x, agg.mean("frequencia", group), color=TOTAL_COLOUR, lw=0.6, label=t(lang, "freq_line")
             )
+            if group > 1:
+                lo_f, hi_f = agg.extreme("frequencia", group, "min"), agg.extreme("frequencia", group, "max")
+                freq.fill_between(x, lo_f, hi_f, color=TOTAL_COLOUR, alpha=0.12, lw=0)
         lo, hi = limits.FREQ_NORMAL
-        freq.axhspan(lo, hi, color="#2ca02c", alpha=0.10, lw=0, label=t(lang, "freq_band"))
+        freq.axhspan(lo, hi, color="#2ca02c", alpha=0.15, lw=0, label=t(lang, "freq_band"))
+        for v in limits.FREQ_RECOVERY:
+            freq.axhline(v, color="#ff7f0e", ls="--", lw=0.7)
+        for v in limits.FREQ_ISLAND_NARROW:
+            freq.axhline(v, color=DEAD_COLOUR, ls=":", lw=0.8)
+        freq.plot([], [], color="#ff7f0e", ls="--", lw=0.7, label=t(lang, "freq_recovery"))
+        freq.plot([], [], color=DEAD_COLOUR, ls=":", lw=0.8, label=t(lang, "freq_island"))
         fmin, fmax = _range(agg, "frequencia")
-        freq.set_ylim(min(lo - 0.1, fmin - 0.05), max(hi + 0.1, fmax + 0.05))
+        freq.set_ylim(min(lo - 0.3, fmin - 0.1), max(hi + 0.3, fmax + 0.1))
         freq.set_ylabel("Hz")
 
-        # (d) power factor, P/S from the sums of each bin
+        # (d) power factor: PRODIST's fp = P/sqrt(P² + Q²) per phase and total, and the total P/S
         for k in PHASES:
-            p, s = _col("potencia_ativa", k), _col("potencia_aparente", k)
-            if agg.has(p, s):
-                pf.plot(x, agg.ratio(p, s, group), color=PHASE_COLOURS[k], label=t(lang, "phase", k=k))
-        if agg.has("p_total", "s_total"):
-            total_pf = agg.ratio("p_total", "s_total", group)
-            pf.plot(x, total_pf, color=TOTAL_COLOUR, lw=1.4, label=t(lang, "total"))
+            p, q = _col("potencia_ativa", k), _col("potencia_reativa", k)
+            if agg.has(p, q):
+                pf.plot(x, _fp(agg, p, q, group), color=PHASE_COLOURS[k], label=t(lang, "phase", k=k))
+        if agg.has("p_total", "q_total", "s_total"):
+            pf.plot(
+                x,
+                _fp(agg, "p_total", "q_total", group),
+                color=TOTAL_COLOUR,
+                lw=1.4,
+                label=t(lang, "pf_fp_total"),
+            )
+            true_pf = agg.ratio("p_total", "s_total", group)
+            pf.plot(x, true_pf, color=TOTAL_COLOUR, lw=0.9, ls=":", label=t(lang, "pf_true_total"))
         pf.axhline(limits.PF_REFERENCE, color=FAILED_COLOUR, ls="--", lw=0.8, label=t(lang, "pf_ref"))
-        lowest = np.nanmin(agg.ratio("p_total", "s_total")) if agg.has("p_total", "s_total") else np.nan
+        lowest = np.nanmin(agg.ratio("p_total", "s_total")) if agg.any("s_total") else np.nan
         pf.set_ylim(min(0.85, float(lowest) - 0.02) if np.isfinite(lowest) else 0.85, 1.005)
         pf.set_ylabel("FP" if lang == "pt" else "PF")
 
@@ -149,40 +182,51 @@ def figure(agg: Aggregator, period: Period, meta: Meta, now: float) -> Figure:
         for ax, key in zip(axes, PANELS, strict=True):
             ax.set_title(t(lang, key))
             for start, end, kind in spans:
+                colour, alpha = SPAN_STYLE[kind]
                 ax.axvspan(
                     *mdates.date2num([dt.datetime.fromtimestamp(v, period.tz) for v in (start, end)]),
-                    color=FAILED_COLOUR if kind == "failed" else NO_DATA_COLOUR,
-                    alpha=0.18 if kind == "failed" else 0.25,
+                    color=colour,
+                    alpha=alpha,
                     lw=0,
                     zorder=0,
                 )
             ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: tick(v, lang)))
             ax.yaxis.set_major_locator(MaxNLocator(6))
         handles, labels = load.get_legend_handles_labels()
-        handles += [Patch(color=NO_DATA_COLOUR, alpha=0.35), Patch(color=FAILED_COLOUR, alpha=0.3)]
-        labels += [t(lang, "no_data"), t(lang, "failed")]
+        handles += [Patch(color=c, alpha=a + 0.1) for c, a in SPAN_STYLE.values()]
+        labels += [t(lang, "failed"), t(lang, "no_data"), t(lang, "dead")]
         load.legend(handles, labels, ncol=3, loc="upper left", frameon=False)
-        for ax in (volt, freq, pf, reac):
+        for ax in (volt, pf, reac):
             ax.legend(ncol=4, loc="upper left", frameon=False)
+        freq.legend(ncol=4, loc="lower left", frameon=False)
         _time_axis(reac, period, lang)
         reac.set_xlim(mdates.date2num([period.start, period.end]))
         reac.set_xlabel(t(lang, "local_time", tz=period.tz.key))
 
-        fig.suptitle(
-            f"{t(lang, 'title')}: {meta.site} / {meta.meter}", fontsize=12, fontweight="bold", y=0.985
-        )
-        label = period_label(period.kind, period.start, period.end, lang)
-        fig.text(
-            0.5,
-            0.953,
-            t(lang, "subtitle", site=meta.site, meter=meta.meter, period=label, source=meta.source),
-            ha="center",
-            fontsize=8,
-            color="#444444",
-        )
+        heading(fig, "title", period, meta)
         footer = t(lang, "footer", version=__version__, when=meta.made_at.strftime("%Y-%m-%d %H:%M %Z"))
         fig.text(0.085, 0.012, _wrap(footer, 150), fontsize=6.5, color="#666666", va="bottom")
     return fig
+
+
+SPAN_STYLE = {"failed": (FAILED_COLOUR, 0.18), "none": (NO_DATA_COLOUR, 0.25), "dead": (DEAD_COLOUR, 0.25)}
+
+
+def _fp(agg: Aggregator, p: str, q: str, group: int) -> np.ndarray:
+    """PRODIST's fp = ΣP / sqrt(ΣP² + ΣQ²) per (grouped) bin."""
+    sp = agg.mean(p, group)
+    sq = agg.mean(q, group)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return sp / np.hypot(sp, sq)
+
+
+def heading(fig: Figure, title: str, period: Period, meta: Meta) -> None:
+    """A page's title (text key `title`) and the line naming site, meter, period and source."""
+    lang = meta.lang
+    fig.suptitle(f"{t(lang, title)}: {meta.site} / {meta.meter}", fontsize=12, fontweight="bold", y=0.985)
+    label = period_label(period.kind, period.start, period.end, lang)
+    subtitle = t(lang, "subtitle", site=meta.site, meter=meta.meter, period=label, source=meta.source)
+    fig.text(0.5, 0.953, subtitle, ha="center", fontsize=8, color="#444444")
 
 
 def _range(agg: Aggregator, name: str) -> tuple[float, float]:
@@ -219,6 +263,12 @@ def _voltage_bands(ax, agg: Aggregator, lang: str) -> None:
     ax.set_ylim(bottom, top)
 
 
+def _wrap(text: str, width: int) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width))
+
+
 def _time_axis(ax, period: Period, lang: str) -> None:
     tz = period.tz
     if period.kind == "day":
@@ -241,115 +291,38 @@ def _time_axis(ax, period: Period, lang: str) -> None:
     ax.xaxis.set_major_formatter(FuncFormatter(day_label))
 
 
-# -- the table -------------------------------------------------------------------------
-
-
-def table_rows(s: Summary, tz: dt.tzinfo, lang: str) -> list[tuple[str, str, str]]:
-    """(section, label, value) rows of the summary, formatted for `lang`."""
-    n = lambda x, d=1: number(x, lang, d)  # noqa: E731
-    rows: list[tuple[str, str, str]] = []
-    sec = t(lang, "section_energy")
-    rows.append((sec, t(lang, "energy_int"), f"{n(s.energy_kwh, 2)} kWh"))
-    for k, e in s.energy_kwh_phase.items():
-        share = f" ({n(100 * e / s.energy_kwh, 1)} %)" if s.energy_kwh else ""
-        rows.append((sec, t(lang, "energy_phase", k=k), f"{n(e, 2)} kWh{share}"))
-    rows.append((sec, t(lang, "reactive_int"), f"{n(s.reactive_kvarh, 2)} kvarh"))
-    if s.counter_kwh is not None or s.counter_kvarh is not None:
-        rows.append((sec, t(lang, "energy_counter"), f"{n(s.counter_kwh, 2)} kWh"))
-        rows.append((sec, t(lang, "reactive_counter"), f"{n(s.counter_kvarh, 2)} kvarh"))
-    peak = f"{n(s.peak_kw, 2)} kW"
-    if s.peak_at is not None:
-        when = dt.datetime.fromtimestamp(s.peak_at, tz)
-        peak += f" ({t(lang, 'at')} {when:%d/%m %H:%M})"
-    rows.append((sec, t(lang, "peak"), peak))
-    rows.append((sec, t(lang, "mean_demand"), f"{n(s.mean_kw, 2)} kW"))
-    rows.append((sec, t(lang, "load_factor"), n(s.load_factor, 3)))
-    sec = t(lang, "section_voltage")
-    for k in PHASES:
-        if (v := s.voltage.get(_col("tensao", k))) is not None:
-            rows.append((sec, t(lang, "v_phase", k=k), " / ".join(n(x) for x in v) + " V"))
-    for a, b, name in ((1, 2, "tensao_l1_l2"), (2, 3, "tensao_l2_l3"), (3, 1, "tensao_l3_l1")):
-        if (v := s.voltage.get(name)) is not None:
-            rows.append((sec, t(lang, "v_line", a=a, b=b), " / ".join(n(x) for x in v) + " V"))
-    for k in PHASES:
-        if k in s.drp:
-            rows.append((sec, t(lang, "drp_drc", k=k), f"{n(s.drp[k], 2)} % / {n(s.drc[k], 2)} %"))
-    sec = t(lang, "section_quality")
-    if s.freq is not None:
-        rows.append((sec, t(lang, "freq"), " / ".join(n(x, 3) for x in s.freq) + " Hz"))
-        rows.append((sec, t(lang, "freq_out"), f"{n(s.freq_out_pct, 2)} %"))
-    rows.append((sec, t(lang, "pf_total"), n(s.pf_total, 3)))
-    for k, v in s.pf_phase.items():
-        rows.append((sec, t(lang, "pf_phase", k=k), n(v, 3)))
-    rows.append((sec, t(lang, "fd95"), f"{n(s.fd95, 2)} % / {n(s.fd_max, 2)} %"))
-    rows.append((sec, t(lang, "i_unbalance"), f"{n(s.current_unbalance_mean, 1)} %"))
-    sec = t(lang, "section_data")
-    rows.append((sec, t(lang, "hours_no_data"), f"{n(s.hours_no_data, 2)} h"))
-    rows.append((sec, t(lang, "hours_failed"), f"{n(s.hours_failed_polls, 2)} h"))
-    rows.append((sec, t(lang, "hours_no_rows"), f"{n(s.hours_no_rows, 2)} h"))
-    if s.hours_dead_bus is not None:
-        rows.append((sec, t(lang, "hours_dead"), f"{n(s.hours_dead_bus, 2)} h"))
-    coverage = 100 * s.covered_h / s.period_h if s.period_h else None
-    rows.append((sec, t(lang, "coverage"), f"{n(coverage, 1)} %"))
-    rows.append((sec, t(lang, "rows"), f"{n(s.rows, 0)} ({n(s.failed_polls, 0)})"))
-    rows.append((sec, t(lang, "bad_clock"), n(s.bad_clock_rows, 0)))
-    rows.append((sec, t(lang, "interval"), f"{n(s.interval_s, 1)} s"))
-    return rows
-
-
-def table_figure(rows: Sequence[tuple[str, str, str]], period: Period, meta: Meta) -> Figure:
-    """The summary as a page of its own (the PDF's second page)."""
-    lang = meta.lang
-    with matplotlib.rc_context(STYLE):
-        fig = Figure(figsize=A4_PORTRAIT)
-        FigureCanvasAgg(fig)
-        fig.suptitle(
-            f"{t(lang, 'summary')}: {meta.site} / {meta.meter}\n"
-            + period_label(period.kind, period.start, period.end, lang),
-            fontsize=11,
-            fontweight="bold",
-        )
-        sections = len({sec for sec, _, _ in rows})
-        y, line = 0.90, min(0.0215, 0.70 / (len(rows) + 1.5 * sections))
-        section = None
-        for sec, label, value in rows:
-            if sec != section:
-                y -= line * 0.5
-                fig.text(0.08, y, sec, fontsize=9, fontweight="bold")
-                y -= line
-                section = sec
-            fig.text(0.10, y, label, fontsize=8)
-            fig.text(0.92, y, value, fontsize=8, ha="right")
-            y -= line
-        fig.text(0.08, y - line, t(lang, "notes_title"), fontsize=9, fontweight="bold")
-        fig.text(0.08, y - 2 * line, _wrap(t(lang, "notes"), 118), fontsize=7, va="top", color="#333333")
-    return fig
-
-
-def _wrap(text: str, width: int) -> str:
-    import textwrap
-
-    return "\n".join(textwrap.wrap(text, width))
-
-
 # -- files -----------------------------------------------------------------------------
 
 
-def png_bytes(fig: Figure) -> bytes:
+def png_bytes(*figures: Figure) -> bytes:
+    """The pages one above the other, in one PNG."""
+    import matplotlib.image
+
+    pages = []
+    for fig in figures:
+        fig.set_dpi(PNG_DPI)
+        fig.canvas.draw()
+        pages.append(np.asarray(fig.canvas.buffer_rgba()))  # type: ignore[attr-defined]
     out = io.BytesIO()
-    fig.savefig(out, format="png", dpi=PNG_DPI)
+    matplotlib.image.imsave(out, np.concatenate(pages, axis=0), format="png", dpi=PNG_DPI)
     return out.getvalue()
 
 
-def write_pdf(path: Path, pages: Sequence[Figure], meta: Meta, title: str) -> None:
+def write_pdf(out: BinaryIO, pages: Sequence[Figure], meta: Meta, title: str) -> None:
     info = {"Title": title, "Author": f"edgelog {__version__}", "Subject": meta.site, "Creator": "edgelog"}
-    with matplotlib.rc_context(STYLE), PdfPages(path, metadata=info) as pdf:
+    with matplotlib.rc_context(STYLE), PdfPages(out, metadata=info) as pdf:
         for page in pages:
             pdf.savefig(page)
 
 
 def write_html(
-    path: Path, png: bytes, rows: Sequence[tuple[str, str, str]], period: Period, meta: Meta, title: str
+    out: TextIO,
+    png: bytes,
+    rows: Sequence[tuple[str, str, str]],
+    summary: Summary,
+    period: Period,
+    meta: Meta,
+    title: str,
 ) -> None:
     lang = meta.lang
     e = html.escape
@@ -360,7 +333,9 @@ def write_html(
             body.append(f'<tr class="section"><th colspan="2">{e(sec)}</th></tr>')
             section = sec
         body.append(f"<tr><td>{e(label.strip())}</td><td class='v'>{e(value)}</td></tr>")
-    panels = "".join(f"<li>{e(t(lang, key))}</li>" for key in PANELS)
+    panels = "".join(f"<li>{e(t(lang, key)[4:])}</li>" for key in (*PANELS, *STUDY_PANELS))
+    days = _html_table(t(lang, "day_cols").split("|"), day_rows(summary, period.tz, lang))
+    events = _html_table(t(lang, "event_cols").split("|"), event_rows(summary.events, period.tz, lang))
     made = meta.made_at.strftime("%Y-%m-%d %H:%M %Z")
     page = f"""<!doctype html>
 <html lang="{"pt-BR" if lang == "pt" else "en"}">
@@ -380,6 +355,7 @@ def write_html(
  td.v {{ text-align: right; white-space: nowrap; font-variant-numeric: tabular-nums; }}
  tr.section th {{ background: #f3f3f3; padding-top: 0.6rem; }}
  .notes {{ font-size: 0.85rem; color: #444; }}
+ table.grid td, table.grid th {{ font-size: 0.85rem; font-variant-numeric: tabular-nums; }}
 </style>
 </head>
 <body>
@@ -404,10 +380,21 @@ def write_html(
 <table>
 {chr(10).join(body)}
 </table>
+<h2>{e(t(lang, "days_title"))}</h2>
+{days}
+<h2>{e(t(lang, "events_title"))}</h2>
+{events if summary.events else f"<p>{e(t(lang, 'no_events'))}</p>"}
 <h2>{e(t(lang, "notes_title"))}</h2>
 <p class="notes">{e(t(lang, "notes"))}</p>
 <p class="notes">{e(t(lang, "footer", version=__version__, when=made))}</p>
 </body>
 </html>
 """
-    path.write_text(page, encoding="utf-8")
+    out.write(page)
+
+
+def _html_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    e = html.escape
+    head = "".join(f"<th>{e(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f'<table class="grid"><tr>{head}</tr>{body}</table>'

@@ -5,17 +5,36 @@ with ``INSERT ... ON DUPLICATE KEY UPDATE seq = seq``, so replaying a batch that
 MariaDB already committed (the logger died before it could record that) changes
 nothing. Unlike ``INSERT IGNORE``, this keeps strict mode's errors for bad values.
 
-Backlogs: a batch of at least `BINARY_MIN_ROWS` rows is written by a prepared
-multi-row INSERT (the same statement, strict mode and ON DUPLICATE KEY clause)
-whose values travel in the binary protocol, pipelined (see `wire`): several times
-faster than the text INSERT, and faster than MariaDB ingests the same rows with
-``LOAD DATA``. Smaller batches (live syncs) use the text INSERT: one round trip,
-no statement to prepare. The sink never uses ``LOAD DATA LOCAL`` and its
-connections refuse any request for a local file (`wire.GuardedConnection`).
+Two paths, one statement. A batch of at least `BINARY_MIN_ROWS` rows takes the
+*fast path*: a prepared multi-row INSERT (the same statement, strict mode and ON
+DUPLICATE KEY clause) whose values travel in the binary protocol, pipelined (see
+`wire`): several times faster than the text INSERT. Smaller batches (live syncs),
+and every batch once the fast path is off, take the *plain path*: PyMySQL's
+public ``executemany`` of the text INSERT. The fast path is off when
+`[mariadb] fast_path = false`, when the installed PyMySQL lacks a private name it
+needs (checked at the first connection), or after it failed in a way no batch
+explains (a protocol surprise, an AttributeError or TypeError from the library):
+then the batch's connection is dropped, so nothing of it is committed, the batch
+is written by the plain path at once, the failure is logged once, and
+`sync_path` (which the worker records for `sync-status`) says why. It stays off
+for the life of the process: the cause is the installed library, which a new
+connection does not change; a restart tries again.
 
-Every connection has connect, read and write timeouts: PyMySQL's read and write
-timeouts default to none, and a server that hangs mid-query would hang the
-worker forever.
+Every connection comes from `connect.connect()`: timeouts, TLS per ssl_mode, the
+password guard, and no LOCAL INFILE.
+
+Clusters: with `[mariadb] hosts` the sink writes through one node at a time and
+moves on to the next at once when the node fails (`nodes.Nodes.run`); a
+certification conflict (1213) is tried again at once. A batch refused for its
+size (`TOO_LARGE`) raises `SinkTooLarge`, and the worker writes it in halves. The
+sink never sends a packet larger than the server's max_allowed_packet (read on
+every new connection): the text INSERT is cut into statements that fit, and a
+prepared execution that would not fit is refused before it is sent (as 1153, so
+the batch is halved). So a lost connection (2006, 2013) is always taken for what
+it is, a node failure, never for a packet too large.
+
+Schema: with `[mariadb] manage_schema = false` the sink runs no DDL; it checks
+that the table has every column and raises `SchemaMismatch` naming the ALTER.
 """
 
 from __future__ import annotations
@@ -25,21 +44,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pymysql
-from pymysql.converters import escape_string
 
 from ..clock import utc_text
 from ..config import MariaDBConfig
-from ..errors import SinkRejected, SinkUnavailable
-from .wire import (
-    CHUNK_ROWS,
-    GuardedConnection,
-    RowPacker,
-    chunk_sizes,
-    close_statement,
-    prepare,
-    read_ok,
-    send_execute,
-)
+from ..errors import EdgelogError, SchemaMismatch, SinkRejected, SinkTooLarge, SinkUnavailable
+from . import wire
+from .connect import connect, describe
+from .nodes import Conflict, Node, NodeNotReady, Nodes, Session, nodes_of, probe
+from .wire import CHUNK_ROWS, RowPacker, chunk_sizes, close_statement, prepare, read_ok, send_execute
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +71,20 @@ REJECTED_CODES = frozenset(
     }
 )
 
+#: Errors for the size of a batch (code, and a text the message must hold, if the
+#: code is a generic one): smaller batches go in (`SinkTooLarge`).
+TOO_LARGE = {
+    1180: "wsrep_max_ws_rows",  # ER_ERROR_DURING_COMMIT: "wsrep_max_ws_rows exceeded"
+    1105: "writeset size",  # ER_UNKNOWN_ERROR: "Maximum writeset size exceeded"
+    1153: "",  # ER_NET_PACKET_TOO_LARGE: bigger than max_allowed_packet
+}
+#: ER_LOCK_DEADLOCK: a deadlock, or a Galera certification conflict; tried again at once.
+CONFLICT = 1213
+#: PyMySQL's own cap on the statements its executemany() builds.
+TEXT_STATEMENT_MAX = 1_024_000
+#: Room left under max_allowed_packet for a packet's header and a statement's slack.
+PACKET_SLACK = 1024
+
 #: Columns of every row, before the register columns (the buffer's FIXED_COLUMNS,
 #: with site and buffer_id added by the sink).
 INSERT_COLUMNS = ("site", "meter", "buffer_id", "seq", "measured_at", "clock_ok", "error")
@@ -77,8 +103,17 @@ def quote(identifier: str) -> str:
     return f"`{identifier}`"
 
 
+def comment(text: str) -> str:
+    """A SQL string literal the same under every sql_mode: quotes doubled (backslash
+    escaping means nothing under NO_BACKSLASH_ESCAPES); a backslash or a control
+    character, which config validation refuses in a unit, is an error here too."""
+    if "\\" in text or not text.isprintable():
+        raise ValueError(f"unsafe column comment {text!r}")
+    return "'" + text.replace("'", "''") + "'"
+
+
 def column_sql(name: str, unit: str) -> str:
-    return f"{quote(name)} DOUBLE NULL COMMENT '{escape_string(unit)}'"
+    return f"{quote(name)} DOUBLE NULL COMMENT {comment(unit)}"
 
 
 def create_table_sql(table: str, columns: Mapping[str, str]) -> str:
@@ -104,14 +139,37 @@ def create_table_sql(table: str, columns: Mapping[str, str]) -> str:
     )
 
 
+def alter_table_sql(table: str, columns: Mapping[str, str], database: str | None = None) -> str:
+    """One ALTER TABLE adding these register columns (name -> unit)."""
+    name = f"{quote(database)}.{quote(table)}" if database else quote(table)
+    return f"ALTER TABLE {name} " + ", ".join(f"ADD COLUMN {column_sql(c, u)}" for c, u in columns.items())
+
+
+def _table_columns(cur, database: str, table: str) -> set[str]:
+    cur.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND table_name = %s",
+        (database, table),
+    )
+    return {row[0] for row in cur.fetchall()}
+
+
 class MariaDBSink:
     """Writes batches into `[mariadb] table`; one connection, reopened after any error."""
 
-    def __init__(self, config: MariaDBConfig, site: str, binary: bool = True):
+    def __init__(self, config: MariaDBConfig, site: str, binary: bool | None = None):
         self.config = config
         self.site = site
-        self.binary = binary  # False: every batch as a text INSERT (the bench's comparison)
+        #: the fast path for backlog batches (None: `[mariadb] fast_path`); False: every
+        #: batch by the plain path
+        self.binary = config.fast_path if binary is None else binary
+        #: how backlog batches travel: "binary", or "plain (why)"; the worker records it
+        self.sync_path = "binary" if self.binary else "plain (fast_path = false)"
+        self._checked = not self.binary
         self.conn: pymysql.connections.Connection | None = None
+        self.nodes = Nodes(nodes_of(config))
+        self._session: Session | None = None  # what the probe of `conn` found
+        #: statements prepared on `conn`: (table, columns, rows) -> (statement id, parameters)
+        self._statements: dict[tuple[Any, ...], tuple[int, int]] = {}
         self._known_columns: set[str] | None = None
         #: batches written each way (binary: prepared statements; text: executemany), and
         #: binary batches written again as text (a value the binary protocol cannot carry)
@@ -119,62 +177,37 @@ class MariaDBSink:
 
     # -- connection ----------------------------------------------------------------
 
-    def connect_args(self) -> dict[str, Any]:
-        c = self.config
-        args: dict[str, Any] = {
-            "user": c.user,
-            "password": c.read_password() or "",
-            "database": c.database,
-            "charset": "utf8mb4",
-            "autocommit": False,
-            "connect_timeout": c.connect_timeout_s,
-            "read_timeout": c.read_timeout_s,
-            "write_timeout": c.write_timeout_s,
-            "local_infile": False,
-            "init_command": "SET SESSION time_zone = '+00:00', "
-            "sql_mode = 'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION'",
-        }
-        if c.unix_socket:
-            args["unix_socket"] = c.unix_socket
-        else:
-            args["host"], args["port"] = c.host, c.port
-        if c.ssl_ca or c.ssl_cert:
-            # PyMySQL's ssl_* arguments (not its `ssl` dict, which they would replace):
-            # the server's certificate is always verified against ssl_ca.
-            args["ssl_ca"] = str(c.ssl_ca) if c.ssl_ca else None
-            args["ssl_cert"] = str(c.ssl_cert) if c.ssl_cert else None
-            args["ssl_key"] = str(c.ssl_key) if c.ssl_key else None
-            args["ssl_verify_cert"] = True
-            args["ssl_verify_identity"] = c.ssl_verify_identity
-        return args
-
     def _connection(self) -> pymysql.connections.Connection:
         if self.conn is None:
-            c = self.config
-            # PyMySQL's connect_timeout bounds only the TCP connect; the handshake, the
-            # login and init_command run under read/write_timeout. Bound them by
-            # connect_timeout too (as the MariaDB C client does), so a listener that
-            # accepts and never answers fails in connect_timeout_s, then switch to the
-            # query timeouts.
-            args = self.connect_args()
-            args["read_timeout"] = args["write_timeout"] = c.connect_timeout_s
             try:
-                # pymysql.connect(), but any LOCAL INFILE request is refused (wire.py)
-                conn = GuardedConnection.open(args)
+                self.conn = connect(self.nodes.current.config(self.config))
             except pymysql.MySQLError as exc:
-                raise SinkUnavailable(f"MariaDB {self.where}: {_describe(exc)}") from None
+                raise SinkUnavailable(f"MariaDB {self.where}: {describe(exc)}") from None
             except (OSError, ValueError) as exc:
                 raise SinkUnavailable(f"MariaDB {self.where}: {exc}") from None
-            conn._read_timeout = c.read_timeout_s  # read by PyMySQL before every socket read
-            conn._write_timeout = c.write_timeout_s  # ... and before every write
-            self.conn = conn
+            if not self._checked:  # the first connection: can the fast path run here?
+                self._checked = True
+                problem = wire.fast_path_problem()
+                if problem:
+                    self._fall_back(f"fast path unavailable: {problem}")
         return self.conn
+
+    def _fall_back(self, reason: str) -> None:
+        """The plain path for every batch from now on (this process); said once."""
+        self.binary = False
+        self.sync_path = f"plain ({reason})"
+        log.warning(
+            "sync: %s; backlog batches take the plain INSERT path from now on "
+            "(nothing is lost, it is slower; a restart tries the fast path again)",
+            reason,
+        )
 
     @property
     def where(self) -> str:
-        c = self.config
-        place = c.unix_socket or f"{c.host}:{c.port}"
-        return f"{c.user}@{place}/{c.database}"
+        return self._at(self.nodes.current)
+
+    def _at(self, node: Node) -> str:
+        return f"{self.config.user}@{node.label}/{self.config.database}"
 
     def close(self) -> None:
         if self.conn is not None:
@@ -183,42 +216,89 @@ class MariaDBSink:
             except Exception:
                 log.debug("closing a broken MariaDB connection", exc_info=True)
             self.conn = None
+        self._statements = {}
+        self._session = None
         self._known_columns = None
 
+    # -- running work on the nodes -------------------------------------------------
+
     def _run(self, work):
-        """Run `work(cursor)` in one transaction; classify any failure.
+        """Run `work(cursor)` in one transaction on the node in use; when the node fails,
+        at once on the next (`Nodes.run`): SinkUnavailable only once every node failed in
+        this round; SinkRejected (and SinkTooLarge) at once: other nodes say the same."""
+        return self.nodes.run(lambda: self._run_once(work), prefix=lambda node: f"MariaDB {self._at(node)}: ")
+
+    def _run_once(self, work):
+        """Run `work(cursor)` in one transaction on the current node; classify any failure.
 
         A connection given up on a timeout may live on in the server (a partition eats
         the FIN too) with its transaction open, holding locks on the very rows the
         retry sends, until wait_timeout (8 h by default). So its session is KILLed
-        (a user may kill its own) first thing once a new connection works."""
+        (a user may kill its own) first thing once a new connection to the same node
+        works: a thread id means nothing on another node."""
         conn = self._connection()
-        orphan = getattr(self, "_orphan", None)
-        if orphan is not None and orphan != conn.thread_id():
-            self._orphan = None
-            try:
-                with conn.cursor() as cursor:
-                    cursor.execute(f"KILL {int(orphan)}")
-                log.info("killed MariaDB session %d, given up on a timeout", orphan)
-            except pymysql.MySQLError:
-                pass  # gone already (1094 unknown thread): nothing holds its locks
+        node = self.nodes.current
         try:
+            if self._session is None:
+                self._kill_orphan(conn, node)
+                self._session = probe(conn)
             with conn.cursor() as cursor:
                 result = work(cursor)
             conn.commit()
             return result
+        except NodeNotReady as exc:
+            self.close()
+            raise self._unavailable(str(exc)) from None
         except pymysql.MySQLError as exc:
             if "timed out" in str(exc):
-                self._orphan = conn.thread_id()
+                self.nodes.orphan(node, conn.thread_id())
             self.close()
-            code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
-            if code in REJECTED_CODES:
-                raise SinkRejected(f"MariaDB {self.where} rejected rows: {_describe(exc)}") from None
-            raise SinkUnavailable(f"MariaDB {self.where}: {_describe(exc)}") from None
+            raise self._classify(exc) from None
         except (TimeoutError, OSError) as exc:
-            self._orphan = conn.thread_id()
+            self.nodes.orphan(node, conn.thread_id())
             self.close()
-            raise SinkUnavailable(f"MariaDB {self.where}: {exc}") from None
+            raise self._unavailable(str(exc)) from None
+
+    def _kill_orphan(self, conn: pymysql.connections.Connection, node: Node) -> None:
+        orphan = self.nodes.take_orphan(node, conn.thread_id())
+        if orphan is None:
+            return
+        try:
+            with conn.cursor() as cursor:
+                cursor.execute(f"KILL {int(orphan)}")
+            log.info("killed MariaDB session %d on %s, given up on a timeout", orphan, node.label)
+        except pymysql.MySQLError as exc:  # gone already (1094 unknown thread): it holds no locks
+            log.debug("MariaDB session %d on %s not killed: %s", orphan, node.label, describe(exc))
+
+    def _classify(self, exc: pymysql.MySQLError) -> EdgelogError:
+        code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
+        if code in REJECTED_CODES:
+            return SinkRejected(f"MariaDB {self.where} rejected rows: {describe(exc)}")
+        if code in TOO_LARGE and TOO_LARGE[code] in str(exc.args[-1]):
+            return SinkTooLarge(f"MariaDB {self.where} refused a batch this large: {describe(exc)}")
+        if code == CONFLICT:
+            return Conflict(f"MariaDB {self.where}: {describe(exc)}")
+        return self._unavailable(describe(exc))
+
+    def _unavailable(self, cause: str) -> SinkUnavailable:
+        return SinkUnavailable(f"MariaDB {self.where}: {cause}")
+
+    def node_state(self) -> tuple[str | None, str]:
+        """(the node last written through, the nodes whose last try failed as JSON)."""
+        return self.nodes.state()
+
+    def _fits(self, n_bytes: int, what: str) -> None:
+        """Refuse (as 1153) to send a packet the server would not read: its answer would
+        be a lost connection, not to be told from a node failure."""
+        limit = self._session.max_packet if self._session else None
+        if limit is not None and n_bytes + PACKET_SLACK > limit:
+            raise pymysql.err.OperationalError(
+                1153, f"{what} of {n_bytes} bytes exceeds the server's max_allowed_packet ({limit}): not sent"
+            )
+
+    def _text_statement_max(self) -> int:
+        limit = self._session.max_packet if self._session else TEXT_STATEMENT_MAX
+        return max(PACKET_SLACK, min(TEXT_STATEMENT_MAX, limit - PACKET_SLACK))
 
     def grants(self) -> list[str]:
         """The logged-in user's SHOW GRANTS lines (for `edgelog doctor`)."""
@@ -236,27 +316,51 @@ class MariaDBSink:
     # -- the Sink interface --------------------------------------------------------
 
     def ensure_table(self, columns: Mapping[str, str]) -> None:
+        if not self.config.manage_schema:
+            self._known_columns = self.check_table(columns)
+            return
         table = self.config.table
 
         def work(cur) -> set[str]:
-            cur.execute(
-                "SELECT column_name FROM information_schema.columns "
-                "WHERE table_schema = %s AND table_name = %s",
-                (self.config.database, table),
-            )
-            existing = {row[0] for row in cur.fetchall()}
+            existing = _table_columns(cur, self.config.database, table)
             if not existing:
                 log.info("creating table %s.%s", self.config.database, table)
                 cur.execute(create_table_sql(table, columns))
                 return set(INSERT_COLUMNS) | set(columns)
-            for name, unit in columns.items():
-                if name not in existing:
-                    log.info("adding column %s to %s", name, table)
-                    cur.execute(f"ALTER TABLE {quote(table)} ADD COLUMN {column_sql(name, unit)}")
-                    existing.add(name)
+            missing = {name: unit for name, unit in columns.items() if name not in existing}
+            if missing:  # one ALTER (on a Galera cluster, one total order operation)
+                log.info("adding column(s) %s to %s", ", ".join(missing), table)
+                cur.execute(alter_table_sql(table, missing))
+                existing |= set(missing)
             return existing
 
         self._known_columns = self._run(work)
+
+    def table_columns(self) -> set[str]:
+        """The columns the table has now (empty: there is no table)."""
+        return self._run(lambda cur: _table_columns(cur, self.config.database, self.config.table))
+
+    def check_table(self, columns: Mapping[str, str]) -> set[str]:
+        """The table's columns; SchemaMismatch, naming the DDL to run, unless it has every
+        column edgelog writes (its own and `columns`). Runs no DDL."""
+        existing = self.table_columns()
+        name = f"{self.config.database}.{self.config.table}"
+        if not existing:
+            raise SchemaMismatch(
+                f"table {name} does not exist and [mariadb] manage_schema = false: "
+                "have the DBA create it (`edgelog schema` prints the CREATE TABLE)"
+            )
+        own = [c for c in INSERT_COLUMNS if c not in existing]
+        if own:
+            raise SchemaMismatch(f"table {name} lacks edgelog's column(s) {', '.join(own)}: not its table")
+        missing = {c: unit for c, unit in columns.items() if c not in existing}
+        if missing:
+            raise SchemaMismatch(
+                f"table {name} lacks column(s) {', '.join(missing)} and [mariadb] manage_schema = false: "
+                f"have the DBA run `{alter_table_sql(self.config.table, missing, self.config.database)};` "
+                "(`edgelog schema --alter` prints it)"
+            )
+        return existing
 
     def high_water(self, buffer_id: str) -> int:
         def work(cur) -> int:
@@ -290,7 +394,12 @@ class MariaDBSink:
             (site, meter, buffer_id, seq, utc_text(at), ok, _clip(err), *values)
             for seq, meter, at, ok, err, *values in rows
         ]
-        self._run(lambda cur: cur.executemany(sql, params))
+
+        def work(cur) -> None:
+            cur.max_stmt_length = self._text_statement_max()  # multi-row INSERTs that fit a packet
+            cur.executemany(sql, params)
+
+        self._run(work)
 
     def _insert_sql(self, columns: Sequence[str], n_rows: int) -> str:
         names = ", ".join(quote(c) for c in (*INSERT_COLUMNS, *columns))
@@ -300,43 +409,59 @@ class MariaDBSink:
             "ON DUPLICATE KEY UPDATE seq = seq"
         )
 
-    def _statement(self, conn: GuardedConnection, columns: Sequence[str], n_rows: int) -> int:
+    def _statement(self, conn: Any, columns: Sequence[str], n_rows: int) -> int:
         """The id of the prepared INSERT of `n_rows` rows on this connection."""
+        statements = self._statements
         key = (self.config.table, tuple(columns), n_rows)
-        known = conn.statements.get(key)
+        known = statements.get(key)
         if known is None:
-            if len(conn.statements) >= MAX_STATEMENTS:
-                for stmt_id, _ in conn.statements.values():
+            if len(statements) >= MAX_STATEMENTS:
+                for stmt_id, _ in statements.values():
                     close_statement(conn, stmt_id)
-                conn.statements.clear()
-            known = conn.statements[key] = prepare(conn, self._insert_sql(columns, n_rows))
+                statements.clear()
+            sql = self._insert_sql(columns, n_rows)
+            self._fits(len(sql.encode()) + 1, "a PREPARE")
+            known = statements[key] = prepare(conn, sql)
             expected = n_rows * (len(INSERT_COLUMNS) + len(columns))
             if known[1] != expected:
-                raise pymysql.err.OperationalError(
-                    0, f"prepared INSERT has {known[1]} parameters, not {expected}"
-                )
+                raise wire.FastPathError(0, f"prepared INSERT has {known[1]} parameters, not {expected}")
         return known[0]
 
     def _binary_batch(self, buffer_id: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> bool:
         """Write `rows` by the prepared INSERT in one transaction, executions pipelined.
-        False (nothing committed) if a row holds a value the binary protocol cannot carry:
-        the caller writes the batch with the text INSERT, whose rules then apply."""
+        False (nothing committed) if the plain path must write them: a row holds a value
+        the binary protocol cannot carry, or the fast path failed (then it is off)."""
         packer = RowPacker(self.site, buffer_id, len(columns), ERROR_MAX)
 
         def work(cur) -> None:
-            conn: GuardedConnection = cur.connection
-            sizes = chunk_sizes(len(rows), CHUNK_ROWS)
-            ids = {n: self._statement(conn, columns, n) for n in set(sizes)}  # before any EXECUTE
-            start = 0
-            for n in sizes:  # each execution goes out as soon as it is packed ...
-                send_execute(conn, packer.execute_body(ids[n], rows[start : start + n]))
-                start += n
-            for _ in sizes:  # ... then the answers, in order; the first error raises
-                read_ok(conn)
+            conn = cur.connection
+            try:
+                wire.check_connection(conn)
+                sizes = chunk_sizes(len(rows), CHUNK_ROWS)
+                ids = {n: self._statement(conn, columns, n) for n in set(sizes)}  # before any EXECUTE
+                start = 0
+                for n in sizes:  # each execution goes out as soon as it is packed ...
+                    try:
+                        body = packer.execute_body(ids[n], rows[start : start + n])
+                    except (TypeError, ValueError, OverflowError) as exc:
+                        raise _Unpackable(str(exc)) from None
+                    self._fits(len(body) + 1, "an EXECUTE")
+                    send_execute(conn, body)
+                    start += n
+                for _ in sizes:  # ... then the answers, in order; the first error raises
+                    read_ok(conn)
+            except (_Unpackable, OSError):
+                raise
+            except pymysql.MySQLError as exc:
+                if isinstance(exc, wire.FastPathError) or not (exc.args and isinstance(exc.args[0], int)):
+                    raise _FastPathFailed(f"{type(exc).__name__}: {describe(exc)}") from exc
+                raise  # the server's answer: the same as the plain path would get
+            except Exception as exc:  # the library changed under the fast path
+                raise _FastPathFailed(f"{type(exc).__name__}: {exc}") from exc
 
         try:
             self._run(work)
-        except (TypeError, ValueError, OverflowError) as exc:
+        except _Unpackable as exc:
             # Nothing committed: the connection is dropped, so its transaction rolls back.
             log.info(
                 "a batch holds a value the binary protocol cannot carry (%s); using the text INSERT", exc
@@ -344,15 +469,25 @@ class MariaDBSink:
             self.close()
             self.stats["binary_fallback"] += 1
             return False
+        except _FastPathFailed as exc:
+            self.close()  # its transaction rolls back: nothing of the batch is committed
+            self._fall_back(f"fast path failed: {_one_line(str(exc))}")
+            return False
         return True
+
+
+class _Unpackable(Exception):
+    """A row holds a value the binary protocol cannot carry as its column's type."""
+
+
+class _FastPathFailed(Exception):
+    """The fast path failed for a reason no row explains: the library, not the batch."""
 
 
 def _clip(error: str | None) -> str | None:
     return error if error is None or len(error) <= ERROR_MAX else error[: ERROR_MAX - 1] + "…"
 
 
-def _describe(exc: pymysql.MySQLError) -> str:
-    """One line: '(code) message' from a PyMySQL error, without the password."""
-    if len(exc.args) >= 2:
-        return f"({exc.args[0]}) {str(exc.args[1]).splitlines()[0]}"
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+def _one_line(text: str, limit: int = 200) -> str:
+    line = text.splitlines()[0] if text else ""
+    return line if len(line) <= limit else line[: limit - 1] + "…"

@@ -24,3 +24,7 @@ class Sink(Protocol):
 
     def close(self) -> None:
         """Drop the connection, if any."""
+
+    def node_state(self) -> tuple[str | None, str]:
+        """For sync-status: the server (node) last written through, or None before the first
+        write, and the servers whose last try failed, as JSON: {name: {"error", "at"}}."""

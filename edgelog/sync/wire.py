@@ -1,8 +1,5 @@
-"""What the sink sends on the wire beyond plain PyMySQL: binary prepared statements,
-and a connection that never hands a file to the server.
+"""The sink's fast path: binary prepared statements, on PyMySQL's packet layer.
 
-Binary prepared statements
---------------------------
 A backlog batch is written as a few executions of one prepared multi-row
 ``INSERT ... ON DUPLICATE KEY UPDATE seq = seq`` (`CHUNK_ROWS` rows each, the
 remainder in power-of-two pieces so a connection prepares at most a handful of
@@ -17,167 +14,76 @@ for the text INSERT: a bad value is an error (never a clamped value), a row
 MariaDB already has is left as it is.
 
 PyMySQL has no prepared statements; the few packets needed (COM_STMT_PREPARE,
-COM_STMT_EXECUTE, COM_STMT_CLOSE) are built here on PyMySQL's packet layer
-(``_execute_command``, ``_read_packet``), which PyMySQL 1.1 and 1.2 share.
+COM_STMT_EXECUTE, COM_STMT_CLOSE) are built here on PyMySQL's *private* packet
+layer (``_execute_command``, ``_read_packet``, ``_next_seq_id``), which PyMySQL
+1.1 and 1.2 share. A dependency's private names are a debt, so:
 
-LOCAL INFILE
-------------
-With ``LOAD DATA LOCAL`` the *server* names the file the client sends (the
-statement only suggests it). A rogue or compromised server, or anyone in the
-middle of an unencrypted link, can answer *any* query with such a request for
-``/etc/edgelog/mariadb.password`` or ``~/.ssh/id_ed25519``, and PyMySQL's own
-handler opens and sends whatever path it is given when ``local_infile`` is on.
-edgelog's sink never uses LOAD DATA and its connections never negotiate the
-capability; on top of that, every connection made here is a `GuardedConnection`,
-whose results answer any LOCAL INFILE request without touching the file system:
+* `fast_path_problem()` checks at start that each is there with the expected
+  signature; without them the sink uses its plain path (PyMySQL's public
+  ``executemany``) from the start;
+* the sink treats any other failure of this path (`FastPathError`, a changed
+  signature, an attribute gone) as the library's fault, not the batch's: it drops
+  the connection (nothing committed), writes the batch by the plain path, and
+  stays on it (see `MariaDBSink`).
 
-* it sends data only while `offering()` is arming it for one statement (only the
-  bench's LOAD DATA reference uses that, on a connection opened with
-  ``local_infile=True``), only if the name the server asks for is byte for byte
-  the random ``edgelog-batch-…`` name of that statement, and then only the bytes
-  of the in-memory stream it was given;
-* any other request gets an empty file and fails with `LocalInfileRefused`;
-* PyMySQL's own handler is disarmed (``_local_infile`` cleared once the handshake
-  is done), so a code path that bypasses the guarded result (PyMySQL's
-  ``show_warnings()``) raises instead of opening a file.
+The bench's ``LOAD DATA LOCAL`` reference lives in bench/loaddata.py; the
+product's connections refuse any LOCAL INFILE request (`connect.py`).
 """
 
 from __future__ import annotations
 
-import secrets
 import struct
 import time
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
 import pymysql
-from pymysql.connections import MySQLResult
-from pymysql.constants import CLIENT, COMMAND, CR, FIELD_TYPE
-from pymysql.protocol import LoadLocalPacketWrapper
+from pymysql.connections import Connection
+from pymysql.constants import COMMAND, CR, FIELD_TYPE
+from pymysql.protocol import MysqlPacket
+
+from .connect import private_names_problem, pymysql_version
 
 #: Rows per execution of the prepared INSERT (MariaDB's limit is 65535 parameters a
-#: statement; 128 rows of the pac3100 profile are 3,712). Measured on MariaDB 10.11:
-#: 32 to 256 rows per execution ingest alike, 512 is slower.
+#: statement; 128 rows of the pac3100 profile are 3,712). 32 to 256 rows per execution
+#: ingest alike, 512 is slower (docs/performance.md).
 CHUNK_ROWS = 128
-#: Largest data packet sent for LOAD DATA LOCAL.
-MAX_DATA_PACKET = 1 << 20
-NULL = "\\N"
 
 
-# -- a connection that never sends a file it was not given --------------------------------
+class FastPathError(pymysql.err.OperationalError):
+    """The server's answer is not what the fast path's protocol expects (out of sync)."""
 
 
-class LocalInfileRefused(pymysql.err.OperationalError):
-    """The server asked for a local file we did not offer. Nothing was read or sent."""
+#: What the fast path calls beyond PyMySQL's public face: (owner, name, example arguments).
+_NEEDS: list[tuple[type, str, tuple[Any, ...]]] = [
+    (Connection, "_execute_command", (COMMAND.COM_STMT_PREPARE, b"")),
+    (Connection, "_read_packet", ()),
+    (MysqlPacket, "get_all_data", ()),
+    (MysqlPacket, "is_ok_packet", ()),
+]
 
 
-@dataclass
-class Outgoing:
-    """What the client offers to send for one LOAD DATA LOCAL statement."""
-
-    name: bytes
-    chunks: Iterable[bytes]
-    bytes_sent: int = 0
+def fast_path_problem() -> str | None:
+    """Why the fast path cannot run with the installed PyMySQL (None: it can)."""
+    return private_names_problem(_NEEDS)
 
 
-class GuardedResult(MySQLResult):
-    """A query result whose LOCAL INFILE request handling never touches the file system."""
-
-    def _read_load_local_packet(self, first_packet: Any) -> None:
-        conn: GuardedConnection = self.connection
-        requested = bytes(LoadLocalPacketWrapper(first_packet).filename)
-        outgoing, conn._outgoing = conn._outgoing, None  # one request per offer, at most
-        refused: str | None = None
-        if outgoing is None:
-            refused = "no LOAD DATA LOCAL statement of ours is running"
-        elif requested != outgoing.name:
-            refused = f"our statement offered {outgoing.name.decode(errors='replace')!r}"
-        try:
-            if outgoing is not None and refused is None:
-                for chunk in outgoing.chunks:
-                    for start in range(0, len(chunk), MAX_DATA_PACKET):
-                        conn.write_packet(chunk[start : start + MAX_DATA_PACKET])
-                    outgoing.bytes_sent += len(chunk)
-        finally:
-            conn.write_packet(b"")  # end of the data (an empty file when refused)
-            ok_packet = conn._read_packet()  # raises the server's error, if any
-        if refused is not None:
-            raise LocalInfileRefused(
-                CR.CR_UNKNOWN_ERROR,
-                f"server asked for local file {requested.decode(errors='replace')!r}: refused "
-                f"({refused}); nothing was read or sent",
-            )
-        if not ok_packet.is_ok_packet():
-            raise pymysql.err.OperationalError(CR.CR_COMMANDS_OUT_OF_SYNC, "Commands Out of Sync")
-        self._read_ok_packet(ok_packet)
-
-
-class GuardedConnection(pymysql.connections.Connection):
-    """A PyMySQL connection whose every query result is a `GuardedResult`."""
-
-    _outgoing: Outgoing | None = None
-    #: statements prepared on this connection: key -> (statement id, parameters)
-    statements: dict[tuple[Any, ...], tuple[int, int]]
-
-    @classmethod
-    def open(cls, args: dict[str, Any], local_infile: bool = False) -> GuardedConnection:
-        """Connect with PyMySQL's `args`; negotiate CLIENT_LOCAL_FILES only if asked."""
-        conn = cls(**{**args, "local_infile": local_infile, "defer_connect": True})
-        conn._local_infile = False  # PyMySQL's own handler would open any path: disarm it
-        conn.statements = {}
-        conn.connect()
-        return conn
-
-    @property
-    def can_load_local(self) -> bool:
-        return bool(self.client_flag & CLIENT.LOCAL_FILES)
-
-    def _read_query_result(self, unbuffered: bool = False) -> int:
-        # PyMySQL's Connection._read_query_result (1.1, 1.2) with GuardedResult for MySQLResult.
-        self._result = None
-        result = GuardedResult(self)
-        if unbuffered:
-            result.init_unbuffered_query()
-        else:
-            result.read()
-        self._result = result
-        if result.server_status is not None:
-            self.server_status = result.server_status
-        return result.affected_rows
-
-    def show_warnings(self) -> Any:
-        raise NotImplementedError("use a cursor: SHOW WARNINGS")  # its MySQLResult is not guarded
-
-    @contextmanager
-    def offering(self, name: bytes, chunks: Iterable[bytes]) -> Iterator[Outgoing]:
-        """Arm the connection for one LOAD DATA LOCAL statement sending `chunks` as `name`."""
-        if not self.can_load_local:
-            raise pymysql.err.ProgrammingError("this connection did not negotiate LOCAL INFILE")
-        outgoing = Outgoing(name, chunks)
-        self._outgoing = outgoing
-        try:
-            yield outgoing
-        finally:
-            self._outgoing = None
-
-
-def new_local_name() -> bytes:
-    """A name for one LOAD DATA LOCAL statement's data: random, and not a path."""
-    return f"edgelog-batch-{secrets.token_hex(8)}".encode()
+def check_connection(conn: Connection) -> None:
+    """The per-connection state the fast path sets; raises AttributeError if it is gone."""
+    if not isinstance(getattr(conn, "_next_seq_id", None), int):
+        raise AttributeError(f"PyMySQL {pymysql_version()}: Connection._next_seq_id is missing")
 
 
 # -- prepared statements -------------------------------------------------------------------
 
 
-def prepare(conn: pymysql.connections.Connection, sql: str) -> tuple[int, int]:
+def prepare(conn: Connection, sql: str) -> tuple[int, int]:
     """COM_STMT_PREPARE: (statement id, number of parameters)."""
     conn._execute_command(COMMAND.COM_STMT_PREPARE, sql)
     first = conn._read_packet()  # raises the server's error (e.g. unknown column)
     data = first.get_all_data()
     if data[:1] != b"\x00":
-        raise pymysql.err.OperationalError(CR.CR_COMMANDS_OUT_OF_SYNC, "unexpected answer to PREPARE")
+        raise FastPathError(CR.CR_COMMANDS_OUT_OF_SYNC, "unexpected answer to PREPARE")
     stmt_id, n_columns, n_params = struct.unpack_from("<IHH", data, 1)
     # Parameter, then column definitions, each list followed by an EOF packet
     # (PyMySQL does not ask for CLIENT_DEPRECATE_EOF).
@@ -188,23 +94,23 @@ def prepare(conn: pymysql.connections.Connection, sql: str) -> tuple[int, int]:
     return stmt_id, n_params
 
 
-def close_statement(conn: pymysql.connections.Connection, stmt_id: int) -> None:
+def close_statement(conn: Connection, stmt_id: int) -> None:
     """COM_STMT_CLOSE (the server does not answer)."""
     conn._execute_command(COMMAND.COM_STMT_CLOSE, struct.pack("<I", stmt_id))
 
 
-def send_execute(conn: pymysql.connections.Connection, body: bytes) -> None:
+def send_execute(conn: Connection, body: bytes) -> None:
     """COM_STMT_EXECUTE without waiting for the answer (see `read_ok`)."""
     conn._execute_command(COMMAND.COM_STMT_EXECUTE, body)
 
 
-def read_ok(conn: pymysql.connections.Connection) -> None:
+def read_ok(conn: Connection) -> None:
     """Read the answer to one pipelined command: an OK, else raise (the server's error,
     or anything else, a LOCAL INFILE request included, as out of sync)."""
     conn._next_seq_id = 1  # every answer to a command starts at sequence 1
     packet = conn._read_packet()  # raises MySQLError for an error packet
     if not packet.is_ok_packet():
-        raise pymysql.err.OperationalError(CR.CR_COMMANDS_OUT_OF_SYNC, "unexpected answer to EXECUTE")
+        raise FastPathError(CR.CR_COMMANDS_OUT_OF_SYNC, "unexpected answer to EXECUTE")
 
 
 def lenenc(data: bytes) -> bytes:

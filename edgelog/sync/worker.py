@@ -16,6 +16,12 @@ buffer's quarantine table and the position moves past it; if every row of a
 batch is refused the fault is the table's, not the rows': nothing is
 quarantined and the worker backs off. `retry_quarantined()` sends quarantined
 rows again (`edgelog sync --retry-quarantined`).
+
+Batches too large: a batch the sink refuses for its size (`SinkTooLarge`: a
+Galera cluster's wsrep_max_ws_rows or wsrep_max_ws_size, max_allowed_packet) is
+bisected the same way, every part that goes in committed; the next batches are
+read at the size that worked (`fit.BatchFit`). A single row still too large is
+refused like any other row (and so, in time, quarantined).
 """
 
 from __future__ import annotations
@@ -29,12 +35,23 @@ from typing import Any
 
 from ..buffer import Buffer
 from ..config import SyncConfig
-from ..errors import EdgelogError, SinkRejected, SinkUnavailable
+from ..errors import ConfigError, EdgelogError, SinkRejected, SinkTooLarge, SinkUnavailable
+from .fit import BatchFit
+from .nodes import NODE_KEY, NODES_FAILED_KEY
 from .sink import Sink
 
 log = logging.getLogger(__name__)
 
 Row = Sequence[Any]
+#: Buffer meta key: how the sink writes backlog batches ("binary", or "plain (why)"),
+#: kept for `sync-status`, which runs in another process.
+SYNC_PATH_KEY = "sync_path"
+
+#: Buffer meta key beside `last_error`: what kind of error it is, for sync-status.
+#: "config": no retry can succeed until someone fixes the configuration (the password
+#: file missing, readable by others, empty); "sink": MariaDB unreachable or refusing,
+#: retried with backoff; "internal": an unexpected error of the worker itself.
+ERROR_KIND_KEY = "last_error_kind"
 
 
 class SyncWorker:
@@ -58,6 +75,10 @@ class SyncWorker:
         self._counted = False  # the last round counted a refusal (progress towards quarantine)
         self._logged_kinds: set[str] = set()  # errors logged in this streak, digits left out
         self._ready = False
+        self._noted_path: str | None = None
+        self.fit = BatchFit(batch_size)  # rows a batch may hold (fewer once one was too large)
+        self._nodes_recorded: tuple[str | None, str] | None = None
+        self._error_kind = buffer.get_meta(ERROR_KIND_KEY)  # as recorded in the buffer
 
     def _prepare(self) -> None:
         """Once per connection: make the table fit, and skip what the sink already has."""
@@ -89,6 +110,8 @@ class SyncWorker:
             try:
                 self.sink.write_batch(self.buffer.buffer_id, self.buffer.value_columns, part)
             except SinkRejected as exc:
+                if isinstance(exc, SinkTooLarge):
+                    self._too_large(len(part), exc)
                 if len(part) == 1:
                     rejected(part[0], str(exc))
                     seen_rejected = True
@@ -97,17 +120,39 @@ class SyncWorker:
                 visit(part[:middle])
                 visit(part[middle:])
                 return
+            self.fit.worked(len(part))
             accepted(part, seen_rejected)
 
         visit(rows)
 
+    def _note_path(self) -> None:
+        """Record the sink's `sync_path` in the buffer when it changes (one write a change)."""
+        path = getattr(self.sink, "sync_path", None)
+        if path is None or path == self._noted_path:
+            return
+        try:
+            if self.buffer.get_meta(SYNC_PATH_KEY) != path:
+                self.buffer.set_meta(SYNC_PATH_KEY, path)
+        except Exception as exc:  # tried again next round; said once
+            if self._noted_path != "":
+                log.warning("sync: cannot record the sync path in the buffer: %s", exc)
+            self._noted_path = ""
+            return
+        self._noted_path = path
+
     def sync_once(self) -> int:
         """Send the oldest unsent batch. Returns the number of rows resolved (committed by
         the sink, or quarantined); raises SinkRejected while a refused row is pending."""
+        try:
+            return self._sync_once()
+        finally:
+            self._note_path()
+
+    def _sync_once(self) -> int:
         self._counted = False
         try:
             self._prepare()
-            rows = self.buffer.unsent(self.batch_size)
+            rows = self.buffer.unsent(self.fit.size)
             if not rows:
                 return 0
             accepted = 0
@@ -128,8 +173,10 @@ class SyncWorker:
                 refused.append((row, reason))
 
             self._write_split(rows, on_accepted, on_rejected)
-        except (SinkUnavailable, SinkRejected):
+        except (SinkUnavailable, SinkRejected) as exc:
             self._ready = False
+            if isinstance(exc, SinkUnavailable):
+                self.fit.reset()  # a new connection: try the full batch_size again
             raise
         if not refused:
             self.rejections.clear()  # refused rows are at the head: none is pending any more
@@ -182,20 +229,46 @@ class SyncWorker:
         With `retry_rejected`, a refused row is tried again at once (up to quarantine);
         without, the SinkRejected propagates so the caller can back off first."""
         total = 0
-        while not should_stop():
-            try:
-                sent = self.sync_once()
-            except SinkRejected:
-                if not (retry_rejected and self._counted):
-                    raise
-                continue  # bounded: each round counts the refusal, quarantine ends it
-            if not sent:
-                break
-            total += sent
-            if progress:
-                progress(total)
+        try:
+            while not should_stop():
+                try:
+                    sent = self.sync_once()
+                except SinkRejected:
+                    if not (retry_rejected and self._counted):
+                        raise
+                    continue  # bounded: each round counts the refusal, quarantine ends it
+                if not sent:
+                    break
+                total += sent
+                self._record_nodes()  # a failover shows in sync-status during a long drain
+                if progress:
+                    progress(total)
+        finally:
+            self._record_nodes()
         self.buffer.record_sync_error(None, at=self.clock())
+        self._record_kind(None)
         return total
+
+    def _too_large(self, n_rows: int, exc: SinkTooLarge) -> None:
+        if n_rows > 1 and (self.fit.refused_at is None or n_rows < self.fit.refused_at):
+            log.info("sync: a batch of %d rows is too large; writing it in halves (%s)", n_rows, exc)
+        self.fit.refused(n_rows)
+
+    def _record_nodes(self) -> None:
+        """Keep the sink's node in use and its failed nodes in the buffer's meta, for
+        sync-status (a separate process); written only when they change."""
+        state = self.sink.node_state()
+        if state == self._nodes_recorded:
+            return
+        node, failed = state
+        try:
+            if node is not None:
+                self.buffer.set_meta(NODE_KEY, node)
+            self.buffer.set_meta(NODES_FAILED_KEY, failed)
+        except Exception as exc:  # sync-status's view only: never a reason to stop syncing
+            log.warning("sync: cannot record the MariaDB nodes in the buffer: %s", exc)
+            return
+        self._nodes_recorded = state
 
     def retry_quarantined(self) -> tuple[int, int]:
         """Send quarantined rows again (their cause fixed). Returns (sent, still refused)."""
@@ -233,7 +306,12 @@ class SyncWorker:
         return ceiling * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not crypto
 
     def run(self, stop: threading.Event) -> None:
-        """Until `stop` is set: drain, wait `interval_s`, repeat; back off while failing."""
+        """Until `stop` is set: drain, wait `interval_s`, repeat; back off while failing.
+
+        An error of a round (an EdgelogError, or any Exception: a bug in a round) is
+        logged, recorded for sync-status and retried after a backoff. Anything else that
+        escapes (a BaseException, a fault of this loop itself) ends the thread, and
+        `edgelog run` then stops with exit status 1 so that systemd restarts it."""
         while not stop.is_set():
             try:
                 self.drain(should_stop=stop.is_set, retry_rejected=False)
@@ -242,29 +320,55 @@ class SyncWorker:
                 self.failures = 0
                 self._logged_kinds.clear()
                 wait = self.config.interval_s
+            except ConfigError as exc:  # retried too: someone may fix the file meanwhile
+                self.failures += 1
+                wait = self.backoff_s()
+                self._report(exc, wait, "config")
             except EdgelogError as exc:
                 self.failures += 1
                 wait = self.backoff_s()
-                self._report(exc, wait)
-            except Exception as exc:  # never let the thread die: the poll loop needs no help
+                self._report(exc, wait, "sink")
+            except Exception as exc:  # a bug in one round: the next round may do better
                 self.failures += 1
                 wait = self.backoff_s()
                 if self.failures == 1:
                     log.exception("sync worker: unexpected error")
-                self._report(exc, wait)
+                self._report(exc, wait, "internal")
             stop.wait(wait)
         self.sink.close()
 
-    def _report(self, exc: BaseException, wait: float) -> None:
+    def _report(self, exc: BaseException, wait: float, kind: str) -> None:
         """Log a failure when a streak starts, for each different error in the streak, and
-        every 10th time: not once a retry, even when two errors alternate."""
+        every 10th time: not once a retry, even when two errors alternate. Record it (and
+        its kind) in the buffer for sync-status."""
         message = str(exc) or type(exc).__name__
-        kind = "".join(c for c in message if not c.isdigit())
-        if self.failures == 1 or self.failures % 10 == 0 or kind not in self._logged_kinds:
-            log.warning("sync: %s (failure %d in a row; next try in %.1f s)", message, self.failures, wait)
-            self._logged_kinds.add(kind)
+        shape = "".join(c for c in message if not c.isdigit())
+        if self.failures == 1 or self.failures % 10 == 0 or shape not in self._logged_kinds:
+            if kind == "config":
+                log.error(
+                    "sync: %s (no retry can succeed until this is fixed; trying again in %.1f s)",
+                    message,
+                    wait,
+                )
+            else:
+                log.warning(
+                    "sync: %s (failure %d in a row; next try in %.1f s)", message, self.failures, wait
+                )
+            self._logged_kinds.add(shape)
         try:
+            self._record_kind(kind)
             self.buffer.record_sync_error(message, at=self.clock())
         except EdgelogError as err:
             if self.failures == 1:
                 log.warning("sync: cannot record the error in the buffer: %s", err)
+
+    def _record_kind(self, kind: str | None) -> None:
+        """Keep `last_error_kind` in the buffer in step with `last_error` (a write only when
+        it changes: SD cards wear out)."""
+        if kind == self._error_kind:
+            return
+        try:
+            self.buffer.set_meta(ERROR_KIND_KEY, kind)
+        except Exception as exc:  # the buffer unwritable now: as for last_error, try next time
+            raise EdgelogError(f"cannot record the error kind: {exc}") from None
+        self._error_kind = kind

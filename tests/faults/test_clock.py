@@ -33,6 +33,7 @@ from edgelog.service import SLOW_COMMIT
 
 from .kit import (
     assert_exactly_once,
+    buffer_rows,
     faketime_library,
     mariadb_toml,
     max_seq,
@@ -93,6 +94,11 @@ def assert_steady(polls: list[float], start: float, end: float) -> None:
         assert sum(t <= u < t + 1.0 for u in polls) <= 1 / INTERVAL + 1
 
 
+def polled(rows: list[dict]) -> list[dict]:
+    """The rows of polls: not the gap rows of slots skipped because a poll overran."""
+    return [r for r in rows if r["error"] != "skipped: poll overran"]
+
+
 def test_clock_jumps_back_3h_and_forward_lose_nothing_flag_bad_readings_and_keep_cadence(
     tmp_path: Path, logger_db, simulator, logger_factory
 ) -> None:
@@ -128,10 +134,11 @@ def test_clock_jumps_back_3h_and_forward_lose_nothing_flag_bad_readings_and_keep
         logger.kill9()  # B -> C: a power cut while the clock is wrong ...
         slow_commit = bool(logger.lines(SLOW_COMMIT))  # then more may be in flight (guarantees.md)
         served_at_kill = len(simulator.sim.served)
-        rows_at_kill = max_seq(logger.buffer)
+        seq_at_kill = max_seq(logger.buffer)
+        polled_at_kill = len(polled(buffer_rows(logger.buffer)))
         logger.start()  # ... and a boot with the clock still 3 h back
         wait_for(
-            lambda: max_seq(logger.buffer) >= rows_at_kill + 10, timeout=30, what="readings after restart"
+            lambda: max_seq(logger.buffer) >= seq_at_kill + 10, timeout=30, what="readings after restart"
         )
 
         forward_at = time.monotonic()
@@ -146,9 +153,13 @@ def test_clock_jumps_back_3h_and_forward_lose_nothing_flag_bad_readings_and_keep
     rows = assert_exactly_once(logger.buffer, logger_db)
     seqs = [r["seq"] for r in rows]
     assert seqs == sorted(set(seqs))
-    # nothing lost: one row per poll, but the one in flight at the kill
-    for lost in (served_at_kill - rows_at_kill, len(simulator.sim.served) - len(rows)):
-        assert lost in (0, 1) or (lost > 1 and slow_commit), lost
+    # nothing lost: one row per poll, but the one in flight at the kill (a slot the poll
+    # thread was too busy for, on this loaded machine, is a row but no poll)
+    for lost in (served_at_kill - polled_at_kill, len(simulator.sim.served) - len(polled(rows))):
+        assert lost in (0, 1) or (lost > 1 and slow_commit), (
+            lost,
+            [r for r in rows if r not in polled(rows)],
+        )
     # readings stamped with the bad time, and only those, have clock_ok = 0
     bad_time = [r["measured_at"] < started_at - BACK_S / 2 for r in rows]
     assert [not r["clock_ok"] for r in rows] == bad_time

@@ -10,6 +10,7 @@ is shared by every test and stays up.
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
 import time
 from pathlib import Path
@@ -17,8 +18,14 @@ from pathlib import Path
 import pymysql
 from conftest import wait_for
 
+from edgelog.buffer import Buffer
+from edgelog.config import MariaDBConfig
+from edgelog.sync import MariaDBSink, SyncWorker, create_table_sql
+
 from .conftest import make_logger_db
 from .kit import (
+    COLUMNS,
+    SITE,
     assert_cadence,
     assert_exactly_once,
     assert_failures_logged_sparingly,
@@ -222,3 +229,106 @@ def test_table_locked_beyond_the_read_timeout_is_retried_without_loss(
     assert_exactly_once(logger.buffer, logger_db)
     assert_on_grid(logger.buffer, locked_at, unlocked_at)
     assert_oldest_first(logger_db)
+
+
+def _same_account_on(server, db) -> None:
+    """`db`'s database, user and password (and an empty table) on another server."""
+    password = db.password_file.read_text().strip()
+    root = server.root()
+    with root.cursor() as cur:
+        cur.execute(f"CREATE DATABASE `{db.database}`")
+        for host in ("localhost", "127.0.0.1"):
+            cur.execute(f"CREATE USER '{db.user}'@'{host}' IDENTIFIED BY %s", (password,))
+            cur.execute(f"GRANT SELECT, INSERT, UPDATE ON `{db.database}`.* TO '{db.user}'@'{host}'")
+        cur.execute(f"USE `{db.database}`")
+        cur.execute(create_table_sql("medicoes", {c: "" for c in COLUMNS}))
+    root.close()
+
+
+def _thread_id(connect) -> int:
+    conn = connect()
+    try:
+        return conn.thread_id()
+    finally:
+        conn.close()
+
+
+def test_a_session_given_up_on_one_node_is_killed_on_that_node_only(
+    tmp_path: Path, logger_db, own_mariadb, caplog
+) -> None:
+    """Node A times out; the sink moves on to node B, where the same thread id is another
+    session of the same user: it must live. Back on A, the orphan is KILLed there."""
+    _same_account_on(own_mariadb, logger_db)
+    password = logger_db.password_file.read_text().strip()
+
+    def on_b() -> pymysql.connections.Connection:  # the account the sink logs in as
+        port = own_mariadb.port
+        return pymysql.connect(host="127.0.0.1", port=port, user=logger_db.user, password=password)
+
+    def on_a_root() -> pymysql.connections.Connection:
+        return pymysql.connect(unix_socket=logger_db.socket, user="root", autocommit=True)
+
+    b_now = _thread_id(on_b)
+    while _thread_id(on_a_root) < b_now + 10:  # A's next ids are above B's
+        pass
+    node_a, node_b = f"127.0.0.1:{logger_db.port}", f"127.0.0.1:{own_mariadb.port}"
+    cfg = MariaDBConfig(
+        user=logger_db.user,
+        password_file=logger_db.password_file,
+        database=logger_db.database,
+        hosts=(("127.0.0.1", logger_db.port), ("127.0.0.1", own_mariadb.port)),
+        connect_timeout_s=2,
+        read_timeout_s=1.5,
+        write_timeout_s=1.5,
+    )
+    buffer = Buffer(tmp_path / "buffer.sqlite3", COLUMNS)
+    sink = MariaDBSink(cfg, SITE)
+    worker = SyncWorker(buffer, sink, {c: "" for c in COLUMNS}, 10)
+    locker = on_a_root()
+    victim = None
+    try:
+        buffer.append("pac1", time.time() - 10, dict.fromkeys(COLUMNS, 1.0))
+        assert worker.sync_once() == 1  # through A (the first listed)
+        orphan = sink.conn.thread_id()
+        while (victim := on_b()).thread_id() < orphan:  # B's session with A's thread id
+            victim.close()
+        assert victim.thread_id() == orphan, "B's thread ids passed A's: cannot stage the victim"
+
+        with locker.cursor() as cur:
+            cur.execute(f"LOCK TABLES `{logger_db.database}`.`medicoes` WRITE")
+        buffer.append("pac1", time.time() - 5, dict.fromkeys(COLUMNS, 2.0))
+        caplog.set_level("DEBUG", logger="edgelog.sync.mariadb")
+        assert worker.sync_once() == 1  # A timed out; B took the row at once
+        assert sink.nodes.current.label == node_b
+        assert {n.label: t for n, t in sink.nodes.orphans.items()} == {node_a: orphan}
+        victim.ping(reconnect=False)  # alive: nothing was KILLed on B
+        assert "killed MariaDB session" not in caplog.text
+        with locker.cursor() as cur:
+            cur.execute("SELECT COUNT(*) FROM information_schema.processlist WHERE id = %s", (orphan,))
+            assert cur.fetchone()[0] == 1, "the orphan still waits for the lock on A"
+
+        victim.close()
+        victim = None
+        own_mariadb.stop()  # B goes away: the sink returns to A, and KILLs its orphan there
+        sink.ping()
+        assert sink.nodes.current.label == node_a
+        # KILLed there, or found gone already (1094): the server saw the FIN of the socket
+        # the sink closed, and ended the session waiting for the lock by itself
+        assert re.search(
+            f"session {orphan} on {re.escape(node_a)} (not killed: .1094|, given up)", caplog.text
+        )
+
+        def orphan_gone() -> bool:
+            with locker.cursor() as cur:
+                cur.execute("SELECT COUNT(*) FROM information_schema.processlist WHERE id = %s", (orphan,))
+                return cur.fetchone()[0] == 0
+
+        wait_for(orphan_gone, timeout=10, what="the orphan session on A to be gone")
+    finally:
+        with locker.cursor() as cur:
+            cur.execute("UNLOCK TABLES")
+        locker.close()
+        if victim is not None:
+            victim.close()
+        sink.close()
+        buffer.close()

@@ -1,0 +1,1 @@
+"""Tests against a real 3-node MariaDB Galera cluster (see conftest.py)."""
