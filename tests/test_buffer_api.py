@@ -258,33 +258,18 @@ class TestBufferContract:
         assert buffer.sent_upto == seqs[4]
         assert [r[0] for r in buffer.unsent(10)] == seqs[5:]
 
-    def test_mark_sent_rides_on_the_next_commit(self, buffer: Buffer, path: Path) -> None:
-        """mark_sent() while readings are being committed: this process sees the position at
-        once; on disk it is written with the next reading's commit (no commit of its own),
-        time and rate included; close() writes what is still pending."""
+    def test_mark_sent_is_committed_at_once_without_an_fsync(self, buffer: Buffer, path: Path) -> None:
+        """mark_sent(): committed at once (another process sees it), time and rate included,
+        with synchronous NORMAL for that commit only (no fsync of its own: the next
+        reading's makes it durable); readings are still committed with FULL."""
         seqs = fill(buffer, 4)
         buffer.mark_sent(seqs[2], at=1234.5, rate=99.0)
-        assert buffer.sent_upto == seqs[2] and buffer.status().last_sync_at == 1234.5
-        assert buffer.sync_rate() == 99.0
-        assert meta_on_disk(path, "sent_upto") is None  # not written yet ...
-        buffer.append("pac1", 9.0, values(9))
-        assert meta_on_disk(path, "sent_upto") == str(seqs[2])  # ... written with the reading
+        assert meta_on_disk(path, "sent_upto") == str(seqs[2])
         assert meta_on_disk(path, "last_sync_at") == "1234.5"
-        assert meta_on_disk(path, "sync_rate_rows_per_s") == "99.0"
-        buffer.mark_sent(seqs[3])
-        buffer.close()
-        assert meta_on_disk(path, "sent_upto") == str(seqs[3])
-
-    def test_mark_sent_is_written_at_once_without_readings(self, path: Path) -> None:
-        """mark_sent() in a process that commits no readings (`edgelog sync --drain`):
-        written at once."""
-        Buffer(path, COLUMNS).append_many([reading(i) for i in range(3)])
-        b = Buffer(path, create=False)
-        try:
-            b.mark_sent(2, at=50.0)
-            assert meta_on_disk(path, "sent_upto") == "2"
-        finally:
-            b.close()
+        assert buffer.sync_rate() == 99.0 and buffer.status().last_sync_at == 1234.5
+        assert buffer.db.pragma("synchronous") == 2  # FULL again for what follows
+        buffer.append("pac1", 9.0, values(9))
+        assert buffer.db.pragma("synchronous") == 2
 
     def test_mark_sent_takes_rows_dropped_in_flight_off_dropped_total(self, path: Path) -> None:
         """mark_sent(batch=(first, rows)): rows of the batch deleted as dropped while it was
@@ -299,7 +284,6 @@ class TestBufferContract:
                 R.delete().where(R.seq <= seqs[4]).execute()
                 b.meta.set(schema.DROPPED_TOTAL, "5")
             b.mark_sent(batch[-1][0], batch=(batch[0][0], len(batch)))
-            b.append("pac1", 1.0, values(1))  # carries the confirmation
             assert b.status().dropped_total == 0
         finally:
             b.close()

@@ -4,34 +4,29 @@ rows it refused for good (quarantine).
 Every row with ``seq <= sent_upto`` has been committed by the destination, or was
 refused by it for good and copied to the ``quarantine`` table (see the sync
 worker). The position moves forward only after the destination confirmed a
-batch, never back.
+batch, never back, in one small write (not one UPDATE per row: SD cards wear out).
 
-Written with the next commit
-----------------------------
-A confirmation is kept in memory (`Pending`) and written by the next write
-transaction of this `Buffer`: in `edgelog run` that is the next reading's commit,
-a second WAL frame in a commit that is made anyway, instead of a commit (an fsync,
-a file-system page) of its own at every sync round. When no reading is expected
-soon (no append in the last `CARRY_WINDOW_S`, as in `edgelog sync --drain`), the
-confirmation is written at once. `close()` writes what is left. Other processes
-(sync-status) see the position at most that late; this process sees it at once.
-A crash loses only the confirmations not yet written: the worker then sends
-those rows again, which the destination ignores (identity keys), and at start it
-moves the position to the destination's high-water mark anyway. The position on
-disk can lag, never lead.
+Written without an fsync of its own
+-----------------------------------
+A confirmed position is committed at once, so every process sees it, but with
+``synchronous = NORMAL`` for that one transaction: its WAL frame is not fsync()ed
+then, it becomes durable with the next reading's commit (whose fsync of the WAL
+covers every frame before it) or the next checkpoint. In `edgelog run` that saves
+an fsync, and the file-system page it would dirty, at every sync round. A power
+cut may lose the newest confirmations: the worker then sends those rows again,
+which the destination ignores (identity keys), and at start it moves the
+position to the destination's high-water mark anyway. The position on disk can
+lag, never lead. The hold and the quarantine are written with an fsync.
 
 ``sync_hold`` is a seq the position must not pass yet: a row the destination
-rejected while rows after it were written, until it is resolved. It, the
-quarantine and the last sync error are written at once (they are rare).
+rejected while rows after it were written, until it is resolved.
 """
 
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .schema import (
@@ -49,85 +44,7 @@ from .schema import (
 if TYPE_CHECKING:
     from .store import Buffer
 
-#: A confirmation waits for the next reading's commit when a reading was committed
-#: this recently (so one is expected soon); otherwise it is written at once.
-CARRY_WINDOW_S = 10.0
-
 Row = tuple[Any, ...]
-
-
-@dataclass
-class Changes:
-    """Meta changes waiting for a commit."""
-
-    upto: int = 0  # the highest seq the destination confirmed
-    values: dict[str, str] = field(default_factory=dict)  # last_sync_at, the sync rate
-    #: (first seq, last seq, rows) of each confirmed batch: rows of it deleted as
-    #: "dropped" meanwhile reached the destination after all
-    batches: list[tuple[int, int, int]] = field(default_factory=list)
-    dropped: int = 0  # readings lost, not yet added to dropped_total
-
-    def __bool__(self) -> bool:
-        return bool(self.upto or self.values or self.batches or self.dropped)
-
-
-class Pending:
-    """Changes to meta that ride on the next write transaction (thread-safe)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._changes = Changes()
-        #: the highest seq ever confirmed here: the position as this process knows it,
-        #: also while a transaction is writing it
-        self.confirmed = 0
-
-    def confirm(self, upto: int, at: float, rate: float | None, batch: tuple[int, int] | None) -> None:
-        with self._lock:
-            self.confirmed = max(self.confirmed, upto)
-            c = self._changes
-            c.upto = max(c.upto, upto)
-            c.values[LAST_SYNC_AT] = repr(at)
-            if rate is not None:
-                c.values[SYNC_RATE] = f"{rate:.1f}"
-            if batch is not None:
-                c.batches.append((batch[0], upto, batch[1]))
-
-    def drop(self, n: int) -> None:
-        with self._lock:
-            self._changes.dropped += n
-
-    def peek(self) -> Changes:
-        with self._lock:
-            c = self._changes
-            return Changes(c.upto, dict(c.values), list(c.batches), c.dropped)
-
-    def take(self) -> Changes:
-        with self._lock:
-            taken, self._changes = self._changes, Changes()
-            return taken
-
-    def put_back(self, taken: Changes) -> None:
-        """After a failed commit: keep `taken` for the next one (newer values win)."""
-        with self._lock:
-            c = self._changes
-            c.upto = max(c.upto, taken.upto)
-            c.values = {**taken.values, **c.values}
-            c.batches = taken.batches + c.batches
-            c.dropped += taken.dropped
-
-
-def write_changes(buffer: Buffer, changes: Changes) -> None:
-    """Inside a write transaction: write what `changes` holds."""
-    meta, R = buffer.meta, buffer.tables.Reading
-    if changes.upto > meta.get_int(SENT_UPTO):
-        meta.set(SENT_UPTO, str(changes.upto))
-    for key, value in changes.values.items():
-        meta.set(key, value)
-    gone = 0
-    for first, upto, rows in changes.batches:
-        gone += max(0, rows - R.select().where((R.seq >= first) & (R.seq <= upto)).count())
-    if changes.dropped or gone:
-        meta.set(DROPPED_TOTAL, str(max(0, meta.get_int(DROPPED_TOTAL) + changes.dropped - gone)))
 
 
 class SyncPosition:
@@ -138,8 +55,7 @@ class SyncPosition:
 
     @property
     def sent_upto(self) -> int:
-        b = self.buffer
-        return max(b.meta.get_int(SENT_UPTO), b.pending.confirmed)
+        return self.buffer.meta.get_int(SENT_UPTO)
 
     def unsent(self, limit: int, after: int | None = None) -> list[Row]:
         position = self.sent_upto if after is None else after
@@ -150,10 +66,20 @@ class SyncPosition:
         self, upto: int, at: float | None, rate: float | None, batch: tuple[int, int] | None
     ) -> None:
         b = self.buffer
-        b.pending.confirm(upto, time.time() if at is None else at, rate, batch)
-        if not b.appending(CARRY_WINDOW_S):
-            with b.write("cannot record the sync position"):
-                pass  # the write carries the confirmation
+        R, meta = b.tables.Reading, b.meta
+        # read-then-write under the write lock: a prune for space cannot delete rows of
+        # the batch as "dropped" between the count below and the move of the position
+        with b.write("cannot record the sync position", durable=False):
+            if upto > meta.get_int(SENT_UPTO):
+                meta.set(SENT_UPTO, str(upto))
+            meta.set(LAST_SYNC_AT, repr(time.time() if at is None else at))
+            if rate is not None:
+                meta.set(SYNC_RATE, f"{rate:.1f}")
+            if batch is not None:
+                first, n = batch
+                gone = n - R.select().where((R.seq >= first) & (R.seq <= upto)).count()
+                if gone > 0:
+                    meta.set(DROPPED_TOTAL, str(max(0, meta.get_int(DROPPED_TOTAL) - gone)))
 
     @property
     def hold(self) -> int | None:
@@ -169,7 +95,7 @@ class SyncPosition:
         meta = self.buffer.meta
         if message == meta.get(LAST_ERROR):
             return  # no write for an unchanged state: SD cards wear out
-        with self.buffer.write("cannot record the sync error"):
+        with self.buffer.write("cannot record the sync error", durable=False):
             meta.set(LAST_ERROR, message)
             meta.set(LAST_ERROR_AT, repr(time.time() if at is None else at))
 

@@ -80,12 +80,10 @@ class Span:
 def status(buffer: Buffer) -> BufferStatus:
     R, meta = buffer.tables.Reading, buffer.meta
     with buffer.db.atomic():  # one consistent snapshot
-        pending = buffer.pending.peek()
         position = buffer.sent_upto
         unsent = R.select().where(R.seq > position)
         first = unsent.order_by(R.seq).limit(1).tuples().first()
         last = R.select(fn.MAX(R.measured_at)).where(R.error.is_null()).scalar()
-        last_sync = pending.values.get(LAST_SYNC_AT)
         return BufferStatus(
             path=str(buffer.path),
             buffer_id=buffer.buffer_id,
@@ -95,10 +93,10 @@ def status(buffer: Buffer) -> BufferStatus:
             failed_polls_unsent=unsent.where(R.error.is_null(False)).count(),
             last_reading_at=last,
             sent_upto=position,
-            last_sync_at=float(last_sync) if last_sync else meta.get_float(LAST_SYNC_AT),
+            last_sync_at=meta.get_float(LAST_SYNC_AT),
             last_error=meta.get(LAST_ERROR),
             last_error_at=meta.get_float(LAST_ERROR_AT),
-            dropped_total=meta.get_int(DROPPED_TOTAL) + pending.dropped,
+            dropped_total=meta.get_int(DROPPED_TOTAL),
             size_bytes=buffer.size_bytes(),
             quarantined=buffer.quarantined_count(),
             corrupt_buffers=tuple(buffer.corrupt_buffers()),
@@ -107,7 +105,7 @@ def status(buffer: Buffer) -> BufferStatus:
 
 def sync_rate(buffer: Buffer) -> float | None:
     """Rows/s of the sync worker's last batch; None if unknown or not a positive number."""
-    text = buffer.pending.peek().values.get(SYNC_RATE) or buffer.meta.get(SYNC_RATE)
+    text = buffer.meta.get(SYNC_RATE)
     try:
         rate = float(text) if text is not None else None
     except ValueError:

@@ -7,8 +7,7 @@ behind the face, a module each:
 
 * ``schema.py``: the file's layout (tables, pragmas, meta, the seq counter) and the
   migration of files an older edgelog wrote;
-* ``store.py`` (here): opening, the append path, and the write transaction that
-  carries pending meta changes;
+* ``store.py`` (here): opening, the append path, and the write transaction;
 * ``position.py``: the sync position, the hold, sync errors, the quarantine;
 * ``space.py``: pruning, max_mb, the disk reserve, the full-disk policy;
 * ``read.py``: what sync-status, tail, export and report read;
@@ -47,6 +46,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -59,9 +59,9 @@ from ..errors import BufferError
 from . import corrupt, read, schema, space
 from .batch import UnsentReader
 from .errors import BufferCorrupt, one_line
-from .position import Pending, Quarantine, SyncPosition, write_changes
+from .position import Quarantine, SyncPosition
 from .read import BufferStatus, Latest, Poll, Span
-from .schema import BUFFER_ID, CORRUPT_BUFFERS, FIXED_COLUMNS, MetaTable, Tables
+from .schema import BUFFER_ID, CORRUPT_BUFFERS, DROPPED_TOTAL, FIXED_COLUMNS, MetaTable, Tables
 
 log = logging.getLogger(__name__)
 
@@ -106,11 +106,12 @@ class Buffer:
             except OSError as exc:
                 raise BufferError(f"buffer {self.path}: cannot create directory: {exc.strerror}") from None
         self.db = SqliteDatabase(str(self.path), pragmas=schema.PRAGMAS, timeout=schema.BUSY_TIMEOUT_S)
-        #: meta changes that ride on the next write transaction (see position.py)
-        self.pending = Pending()
         #: the WAL's size between two checkpoints
         self.wal_bytes_bound = schema.wal_bytes_bound(max_bytes)
-        self._appended_at: float | None = None
+        #: dropped readings not yet added to dropped_total (the write failed): added by
+        #: the next write that succeeds
+        self._uncounted = 0
+        self._uncounted_lock = threading.Lock()
         try:
             with one_line(self.path, ""):
                 self._open(list(columns), create, check)
@@ -199,41 +200,46 @@ class Buffer:
         self.db.close()
 
     def close(self) -> None:
-        """Write the meta changes still pending (the sync position), stop the unsent
-        reader, close this thread's connection. A failure to write is logged: the
-        destination's high-water mark restores the position at the next start."""
-        if self.pending.peek():
+        """Count the dropped readings not counted yet (if the file takes the write; else
+        logged), stop the unsent reader, close this thread's connection."""
+        if self._uncounted:
             try:
-                with self.write("cannot record the sync position"):
+                with self.write("cannot count dropped readings"):
                     pass
             except BufferError as exc:
-                log.warning("%s", exc)
+                log.error("%d dropped readings not counted in dropped_total: %s", self._uncounted, exc)
         self.reader.close()
         self.db.close()
 
     # -- writing -------------------------------------------------------------------------
 
     @contextmanager
-    def write(self, what: str) -> Iterator[None]:
-        """One write transaction (BEGIN IMMEDIATE: the write lock from the start) that
-        first writes the pending meta changes; SQLite errors become one-line
-        BufferErrors (BufferFull, BufferCorrupt) starting with `what`. If it fails, the
-        pending changes wait for the next one."""
-        taken = None
-        try:
-            with one_line(self.path, what), self.db.atomic("IMMEDIATE"):
-                taken = self.pending.take()
-                if taken:
-                    write_changes(self, taken)
-                yield
-        except BaseException:
-            if taken:
-                self.pending.put_back(taken)
-            raise
-
-    def appending(self, within_s: float) -> bool:
-        """Did this Buffer commit a reading in the last `within_s` seconds?"""
-        return self._appended_at is not None and time.monotonic() - self._appended_at < within_s
+    def write(self, what: str, durable: bool = True) -> Iterator[None]:
+        """One write transaction (BEGIN IMMEDIATE: the write lock from the start); SQLite
+        errors become one-line BufferErrors (BufferFull, BufferCorrupt) starting with
+        `what`. Not `durable`: committed without an fsync of the WAL (visible to every
+        reader at once, durable with the next fsync'ed commit or checkpoint), for what
+        may be lost to a power cut (see position.py). Dropped readings not counted yet
+        are counted in it."""
+        relaxed = not durable and not self.db.in_transaction()
+        with one_line(self.path, what):
+            if relaxed:
+                self.db.pragma("synchronous", 1)  # NORMAL: this connection, this commit
+            taken = 0
+            try:
+                with self.db.atomic("IMMEDIATE"):
+                    with self._uncounted_lock:  # taken under the write lock: by one at a time
+                        taken, self._uncounted = self._uncounted, 0
+                    if taken:
+                        self.meta.set(DROPPED_TOTAL, str(self.meta.get_int(DROPPED_TOTAL) + taken))
+                    yield
+            except BaseException:
+                with self._uncounted_lock:
+                    self._uncounted += taken  # not committed: the next write counts them
+                raise
+            finally:
+                if relaxed:
+                    self.db.pragma("synchronous", 2)
 
     def append(
         self,
@@ -269,14 +275,14 @@ class Buffer:
                     row[fields[name]] = value
                 R.insert(row).execute()
                 seqs.append(seq)
-        self._appended_at = time.monotonic()
         return seqs
 
     def count_dropped(self, n: int) -> None:
         """Add `n` readings that could not be stored to dropped_total: now if the file
         takes the write, else with the next write that succeeds. Never raises."""
         if n:
-            self.pending.drop(n)
+            with self._uncounted_lock:
+                self._uncounted += n
             try:
                 with self.write("cannot count dropped readings"):
                     pass
@@ -289,8 +295,9 @@ class Buffer:
         return self.meta.get(key)
 
     def set_meta(self, key: str, value: str | None) -> None:
-        """Keep `value` under `key`, written at once (callers write only on a change)."""
-        with self.write(f"cannot record {key}"):
+        """Keep `value` under `key`, committed at once without an fsync of its own (these
+        facts may be lost to a power cut); callers write only on a change."""
+        with self.write(f"cannot record {key}", durable=False):
             self.meta.set(key, value)
 
     def note_corrupt(self, moved_to: str) -> None:
@@ -326,8 +333,8 @@ class Buffer:
         batch: tuple[int, int] | None = None,
     ) -> None:
         """Move the position to `upto_seq` (never back) after the destination committed,
-        with the time and the rows/s of that batch (`rate`, for sync-status). Written
-        with the next reading's commit, or at once when none is expected soon.
+        with the time and the rows/s of that batch (`rate`, for sync-status); committed
+        at once, fsync()ed with the next reading (position.py).
 
         `batch` = (first seq, row count) of the rows just committed: any of them pruned
         as "dropped" while they were in flight reached the destination after all, and
