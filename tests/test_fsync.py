@@ -51,11 +51,9 @@ def stored(buffer: Path) -> int:
         b.close()
 
 
-@pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed (scripts/setup)")
-def test_every_reading_is_fsynced_by_edgelog_run(
-    tmp_path: Path, simulator: SimulatorThread, logger_db: LoggerDB
-) -> None:
-    config = write_config(tmp_path, logger_db.toml(), meter_toml(simulator.port, interval_s=1.0))
+def traced_run(tmp_path: Path, config: Path, readings_wanted: int) -> tuple[int, int]:
+    """`edgelog run` under strace until the buffer holds `readings_wanted` readings, then
+    SIGTERM: (readings stored, fsyncs of the WAL)."""
     buffer = tmp_path / "buffer.sqlite3"
     trace = tmp_path / "strace.txt"
     cmd = ["strace", "-f", "-y", "-e", "trace=fsync,fdatasync", "-o", str(trace)]
@@ -65,7 +63,7 @@ def test_every_reading_is_fsynced_by_edgelog_run(
     child = 0
     try:
         child = wait_for(lambda: child_of(tracer.pid), timeout=30, what="edgelog run under strace")
-        wait_for(lambda: stored(buffer) >= READINGS, timeout=60, what=f"{READINGS} readings")
+        wait_for(lambda: stored(buffer) >= readings_wanted, timeout=60, what=f"{readings_wanted} readings")
         time.sleep(0.5)
         os.kill(child, signal.SIGTERM)
         assert tracer.wait(60) == 0, (tmp_path / "run.log").read_text()[-2000:]
@@ -77,12 +75,36 @@ def test_every_reading_is_fsynced_by_edgelog_run(
             tracer.kill()
             tracer.wait(10)
         log.close()
-    readings = stored(buffer)
     syncs = [m.group(1) for m in WAL_SYNC.finditer(trace.read_text())]
-    wal_syncs = sum(1 for name in syncs if name == f"{buffer}-wal")
+    return stored(buffer), sum(1 for name in syncs if name == f"{buffer}-wal")
+
+
+needs_strace = pytest.mark.skipif(
+    shutil.which("strace") is None, reason="strace is not installed (scripts/setup)"
+)
+
+
+@needs_strace
+def test_every_reading_is_fsynced_by_edgelog_run(
+    tmp_path: Path, simulator: SimulatorThread, logger_db: LoggerDB
+) -> None:
+    config = write_config(tmp_path, logger_db.toml(), meter_toml(simulator.port, interval_s=1.0))
+    readings, wal_syncs = traced_run(tmp_path, config, READINGS)
     assert readings >= READINGS
     # one sync of the WAL per reading at least ...
-    assert wal_syncs >= readings, (wal_syncs, readings, syncs[:20])
+    assert wal_syncs >= readings, (wal_syncs, readings)
     # ... and the sync position, committed at every sync round (every 0.5 s here: two
     # a reading), adds none of its own: only the start (tables) and the stop (checkpoint)
-    assert wal_syncs <= readings + EXTRA_SYNCS, (wal_syncs, readings, syncs[:20])
+    assert wal_syncs <= readings + EXTRA_SYNCS, (wal_syncs, readings)
+
+
+@needs_strace
+def test_commit_every_s_commits_readings_in_groups(
+    tmp_path: Path, simulator: SimulatorThread, logger_db: LoggerDB
+) -> None:
+    """`[buffer] commit_every_s = 1` at 5 Hz: one fsync a second, not one a reading."""
+    config = write_config(tmp_path, logger_db.toml(), meter_toml(simulator.port, interval_s=0.2))
+    config.write_text(config.read_text().replace("[buffer]\n", "[buffer]\ncommit_every_s = 1\n", 1))
+    readings, wal_syncs = traced_run(tmp_path, config, 25)
+    assert readings >= 25
+    assert wal_syncs <= readings / 3 + EXTRA_SYNCS, (wal_syncs, readings)
