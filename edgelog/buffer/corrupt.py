@@ -26,6 +26,7 @@ SUFFIXES = ("", "-wal", "-shm")
 
 def check(path: Path, db: SqliteDatabase) -> None:
     """PRAGMA quick_check on an open database; raises BufferCorrupt unless "ok"."""
+    # every row of the report (one problem a row): Database.pragma() returns the first only
     rows = db.execute_sql("PRAGMA quick_check").fetchall()
     report = "\n".join(str(row[0]) for row in rows)
     if report != "ok":

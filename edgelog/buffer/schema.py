@@ -127,7 +127,7 @@ class Tables:
     def __init__(self, db: SqliteDatabase, value_columns: Sequence[str]):
         self.db = db
         self.value_columns = list(value_columns)
-        self.Reading = self.reading_model("readings")
+        self.Reading = self._reading_model()
 
         class KV(Model):
             key = TextField(primary_key=True)
@@ -171,8 +171,8 @@ class Tables:
         self.KV, self.Quarantined = KV, Quarantined
         self.SqliteSequence, self.SqliteSchema = SqliteSequence, SqliteSchema
 
-    def reading_model(self, table_name: str) -> type[Model]:
-        db, name = self.db, table_name
+    def _reading_model(self) -> type[Model]:
+        db = self.db
 
         class Reading(Model):
             seq = IntegerField(primary_key=True)
@@ -183,7 +183,7 @@ class Tables:
 
             class Meta:
                 database = db
-                table_name = name
+                table_name = "readings"
 
         for i, name in enumerate(self.value_columns):
             # Attribute names are positional so a register called e.g. "save" cannot

@@ -303,8 +303,8 @@ class Space:
             target = max_bytes - min(wal, max_bytes // 4)
             if data <= target:
                 return Shrunk(deleted, dropped, False)
-            # Choose and delete under the write lock, after the pending sync position is
-            # written: the position the choice is based on cannot move meanwhile.
+            # Choose and delete under the write lock: the position the choice is based on
+            # cannot move meanwhile (the sync worker takes the same lock to move it).
             with b.write("cannot prune"):
                 position = b.meta.get_int(SENT_UPTO)
                 first, last = R.select(fn.MIN(R.seq), fn.MAX(R.seq)).tuples().first() or (None, None)

@@ -39,7 +39,8 @@ Through peewee's query builder and the models of `schema.Tables`, with two
 exceptions: the trigger (DDL peewee cannot express, a named statement in
 `schema.py`), and `batch.py`'s read of unsent rows, one prepared SELECT through
 the sqlite3 driver, several times faster per row than peewee's model layer.
-Pragmas go through ``Database.pragma()``.
+Pragmas go through ``Database.pragma()`` (``quick_check``, whose report has a row
+a problem, through ``execute_sql``).
 """
 
 from __future__ import annotations
