@@ -148,7 +148,7 @@ class TestBufferContract:
         assert not path.exists()
         Buffer(path, COLUMNS).close()
         before = path.read_bytes()
-        reader = Buffer(path, ["voltage_l1"], create=False)
+        reader = Buffer(path, ["voltage_l1", "frequency"], create=False)
         try:
             assert reader.value_columns == COLUMNS
             reader.status()

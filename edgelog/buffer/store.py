@@ -128,7 +128,8 @@ class Buffer:
         if check:
             corrupt.check(self.path, self.db)
         existing = schema.value_columns_of(self.db)
-        self.value_columns: list[str] = existing + [c for c in columns if c not in existing]
+        new = [c for c in columns if c not in existing] if create else []
+        self.value_columns: list[str] = existing + new
         self.tables = Tables(self.db, self.value_columns)
         self.meta = MetaTable(self.tables)
         if create:
