@@ -34,9 +34,14 @@ WAL_SYNC = re.compile(r"\b(?:fsync|fdatasync)\(\d+<([^>]*)>\)\s+=\s+0")
 
 
 def child_of(pid: int) -> int:
-    """The process `pid` started (edgelog, under strace), or 0 while there is none."""
+    """The `edgelog run` process strace (`pid`) started, or 0 while there is none. strace
+    forks short-lived children of its own at start (to test ptrace): not those."""
     out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
-    return int(out[0]) if out else 0
+    for child in map(int, out):
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")[1:3] == [b"-m", b"edgelog"]:
+                return child
+    return 0
 
 
 def stored(buffer: Path) -> int:
@@ -59,21 +64,18 @@ def traced_run(tmp_path: Path, config: Path, readings_wanted: int) -> tuple[int,
     cmd = ["strace", "-f", "-y", "-e", "trace=fsync,fdatasync", "-o", str(trace)]
     cmd += [sys.executable, "-m", "edgelog", "--config", str(config), "run"]
     log = (tmp_path / "run.log").open("wb")
-    tracer = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=_env())
-    child = 0
+    # a session of their own: strace and edgelog can be killed together, whatever failed
+    tracer = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=_env(), start_new_session=True)
     try:
         child = wait_for(lambda: child_of(tracer.pid), timeout=30, what="edgelog run under strace")
         wait_for(lambda: stored(buffer) >= readings_wanted, timeout=60, what=f"{readings_wanted} readings")
         time.sleep(0.5)
         os.kill(child, signal.SIGTERM)
-        assert tracer.wait(60) == 0, (tmp_path / "run.log").read_text()[-2000:]
+        assert tracer.wait(60) == 0, (tmp_path / "run.log").read_text()[-3000:]
     finally:
-        if tracer.poll() is None:  # failed before the stop: end edgelog too, not only strace
-            with contextlib.suppress(ProcessLookupError):
-                if child:
-                    os.kill(child, signal.SIGKILL)
-            tracer.kill()
-            tracer.wait(10)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(tracer.pid, signal.SIGKILL)  # nothing left if all went well
+        tracer.wait(10)
         log.close()
     syncs = [m.group(1) for m in WAL_SYNC.finditer(trace.read_text())]
     return stored(buffer), sum(1 for name in syncs if name == f"{buffer}-wal")
