@@ -333,7 +333,10 @@ class Bench:
         meters: Sequence[dict[str, Any]] = (),
         sync_interval_s: float | None = None,
         max_mb: float | None = None,
+        aggregates: bool = False,
     ) -> str:
+        """The config of a measurement. The aggregate tables are off unless asked for: the
+        drain is compared with LOAD DATA, which writes the readings table only."""
         lines = [f'site = "{SITE}"', "", "[buffer]", f'path = "{buffer}"']
         if max_mb is not None:
             lines.append(f"max_mb = {max_mb}")
@@ -343,6 +346,7 @@ class Bench:
             lines.append(f'unix_socket = "{self.db.socket}"')
         else:
             lines += ['host = "127.0.0.1"', f"port = {self.db.port}"]
+        lines.append(f"aggregates = {'true' if aggregates else 'false'}")
         if sync_interval_s is not None:
             lines += ["", "[sync]", f"interval_s = {sync_interval_s}"]
         for meter in meters or [{"name": "pac1", "port": 502, "unit_id": 126, "interval_s": 1.0}]:
@@ -435,7 +439,12 @@ class Bench:
         }
 
     def cli_drain(
-        self, built: BuiltBuffer, transport: str = "socket", tag: str = "drain", with_history: bool = True
+        self,
+        built: BuiltBuffer,
+        transport: str = "socket",
+        tag: str = "drain",
+        with_history: bool = True,
+        aggregates: bool = False,
     ) -> dict[str, Any]:
         """The real `edgelog sync --drain` (its cli.main(), under bench.probe, which times
         SyncWorker.drain() to the microsecond) on a copy of the buffer."""
@@ -443,7 +452,8 @@ class Bench:
         self.prepare_table(account, with_history)
         buffer = _copy_buffer(built.path, self.work / f"{tag}.sqlite3")
         self.settle()
-        config = self.write_config(tag, self.config_text(account, buffer, transport, max_mb=4096))
+        text = self.config_text(account, buffer, transport, max_mb=4096, aggregates=aggregates)
+        config = self.write_config(tag, text)
         out_json = self.work / f"{tag}.probe.json"
         cmd = [
             sys.executable,

@@ -94,12 +94,22 @@ def cmd_sync_status(args: argparse.Namespace) -> int:
     return health.exit_status
 
 
+def _worker(cfg: config_mod.Config, buffer: Buffer) -> tuple[MariaDBSink, SyncWorker]:
+    """The sink (register columns of their types) and the worker (aggregates as configured)."""
+    from .sync.aggregates import Aggregates
+    from .sync.schema import config_types
+
+    sink = MariaDBSink(cfg.mariadb, cfg.site, types=config_types(cfg))
+    aggregates = Aggregates(sink, buffer) if cfg.mariadb.aggregates else None
+    worker = SyncWorker(buffer, sink, cfg.columns(), cfg.mariadb.batch_size, cfg.sync, aggregates=aggregates)
+    return sink, worker
+
+
 def _retry_quarantined(args: argparse.Namespace) -> int:
     """Send the quarantined rows again; 0 when MariaDB took them all."""
     cfg = _load(args)
     buffer = Buffer(cfg.buffer.path, create=False)
-    sink = MariaDBSink(cfg.mariadb, cfg.site)
-    worker = SyncWorker(buffer, sink, cfg.columns(), cfg.mariadb.batch_size, cfg.sync)
+    sink, worker = _worker(cfg, buffer)
     try:
         sent, still = worker.retry_quarantined()
     finally:
@@ -118,8 +128,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
         raise EdgelogError("sync: say --drain (send everything now, then exit) or --retry-quarantined")
     cfg = _load(args)
     buffer = Buffer(cfg.buffer.path, create=False)
-    sink = MariaDBSink(cfg.mariadb, cfg.site)
-    worker = SyncWorker(buffer, sink, cfg.columns(), cfg.mariadb.batch_size, cfg.sync)
+    sink, worker = _worker(cfg, buffer)
     try:
         started = time.monotonic()
         with Progress("sync", total=buffer.status().unsent) as progress:
@@ -190,6 +199,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         site=args.site or cfg.site,
         meter=args.meter,
         gaps=not args.no_gaps,
+        every=args.every,
     )
     result = export.run(cfg, query, out=args.out, fmt=args.format, source=args.source)
     where = "stdout" if result.out == "-" else result.out
@@ -210,7 +220,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     cfg = _load(args)
     period = report.Period.parse(day=args.day, week=args.week, month=args.month, tz=args.tz)
-    paths = report.run(cfg, period, args.out, lang=args.lang, source=args.source, meter=args.meter)
+    paths = report.run(
+        cfg, period, args.out, lang=args.lang, source=args.source, meter=args.meter, aggregates=not args.raw
+    )
     for path in paths:
         print(path)
     return 0
@@ -219,12 +231,19 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_schema(args: argparse.Namespace) -> int:
     """Print the MariaDB DDL (CREATE DATABASE and CREATE TABLE) for this config."""
     cfg = _load(args)
+    if args.alter_types:
+        from .sync.schema import alter_types_sql
+
+        print(alter_types_sql(cfg))
+        return 0
     print(alter_sql(cfg) if args.alter else schema_sql(cfg))
     return 0
 
 
 def alter_sql(cfg: config_mod.Config) -> str:
     """What the live table lacks for this config: an ALTER TABLE (or the whole DDL)."""
+    from .sync.schema import config_types
+
     sink = MariaDBSink(cfg.mariadb, cfg.site)
     try:
         existing = sink.table_columns()
@@ -236,16 +255,21 @@ def alter_sql(cfg: config_mod.Config) -> str:
     missing = {c: unit for c, unit in cfg.columns().items() if c not in existing}
     if not missing:
         return f"-- {name} on {sink.where} has every column this config writes: nothing to alter"
-    return f"{alter_table_sql(cfg.mariadb.table, missing, cfg.mariadb.database)};"
+    return f"{alter_table_sql(cfg.mariadb.table, missing, cfg.mariadb.database, config_types(cfg))};"
 
 
 def schema_sql(cfg: config_mod.Config) -> str:
-    db = cfg.mariadb.database
+    from .sync import aggregates
+    from .sync.schema import config_types
+
+    db, table, types = cfg.mariadb.database, cfg.mariadb.table, config_types(cfg)
+    tables = [create_table_sql(table, cfg.columns(), types)]
+    if cfg.mariadb.aggregates:
+        tables += aggregates.schema_sql(table, types, cfg.columns())
     return (
         f"-- edgelog {__version__}: readings table for site {cfg.site!r}\n"
         f"CREATE DATABASE IF NOT EXISTS `{db}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci;\n"
-        f"USE `{db}`;\n"
-        f"{create_table_sql(cfg.mariadb.table, cfg.columns())};"
+        f"USE `{db}`;\n" + "".join(f"{sql};\n" for sql in tables).rstrip("\n")
     )
 
 
@@ -356,6 +380,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default="-", metavar="FILE", help="output file (default: stdout, CSV only)")
     p.add_argument("--no-gaps", action="store_true", help="leave out failed polls (rows with error set)")
+    p.add_argument(
+        "--every",
+        choices=("1min", "15min"),
+        help="rows of the per-minute or per-15-minute aggregate table (avg/min/max/count per column)",
+    )
     p = add("tail", cmd_tail)
     p.add_argument("--once", action="store_true", help="print one frame and exit")
     p.add_argument("--every", type=float, default=1.0, metavar="S", help="seconds between frames (default 1)")
@@ -376,13 +405,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--meter", help="the meter (default: the config's first)")
     p.add_argument(
+        "--raw",
+        action="store_true",
+        help="read every raw row (default: a week or month from the per-minute table where it can)",
+    )
+    p.add_argument(
         "--tz", default="America/Sao_Paulo", help="time zone of days and charts (default America/Sao_Paulo)"
     )
     p = add("schema", cmd_schema)
-    p.add_argument(
+    alter = p.add_mutually_exclusive_group()
+    alter.add_argument(
         "--alter",
         action="store_true",
         help="ask MariaDB, print the ALTER TABLE adding the columns the live table lacks",
+    )
+    alter.add_argument(
+        "--alter-types",
+        action="store_true",
+        help="ask MariaDB, print a check and the ALTER TABLE giving its columns their registers' types",
     )
     add("doctor", cmd_doctor)
     return parser

@@ -97,6 +97,8 @@ class MariaDBConfig:
     hosts: tuple[tuple[str, int], ...] = ()
     #: False: the logger never runs DDL; it checks the table and names the ALTER to run.
     manage_schema: bool = True
+    #: keep the per-minute and per-15-minute tables `<table>_1min`, `<table>_15min` (sync/aggregates.py)
+    aggregates: bool = True
 
     def __repr__(self) -> str:  # never show the password in logs or tracebacks
         shown = "***" if self.password else None
@@ -456,6 +458,7 @@ def _parse_mariadb(t: _Table) -> MariaDBConfig:
         fast_path=t.get("fast_path", bool, True),
         hosts=hosts,
         manage_schema=t.get("manage_schema", bool, True),
+        aggregates=t.get("aggregates", bool, True),
     )
     cfg = _parse_ssl_mode(t, cfg)
     t.done()

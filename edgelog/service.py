@@ -47,6 +47,8 @@ from .meter import Meter, close_meters, open_meters
 from .notify import Notifier
 from .poller import MAX_SLEEP_S, BusPoller
 from .sync import MariaDBSink, SyncWorker
+from .sync.aggregates import Aggregates
+from .sync.schema import config_types
 
 log = logging.getLogger(__name__)
 
@@ -262,9 +264,14 @@ class Service:
             )
             for budget in bus_budgets(config.meters)
         ]
-        self.sink = MariaDBSink(config.mariadb, config.site)
+        self.sink = MariaDBSink(config.mariadb, config.site, types=config_types(config))
         self.worker = SyncWorker(
-            self.buffer, self.sink, config.columns(), config.mariadb.batch_size, config.sync
+            self.buffer,
+            self.sink,
+            config.columns(),
+            config.mariadb.batch_size,
+            config.sync,
+            aggregates=Aggregates(self.sink, self.buffer) if config.mariadb.aggregates else None,
         )
         #: the main thread's own jobs (housekeeping); each bus has its cadence
         self.cadence = Cadence(clock=self.clock)

@@ -77,6 +77,18 @@ class LoggerDB:
         return rows
 
     def rows(self, table: str = "medicoes", columns: str = "*") -> list[dict[str, Any]]:
+        """The table's rows by seq; "*": every column, a FLOAT one as the exact float32 value
+        (MariaDB's text protocol would give 6 digits: edgelog/sync/schema.py)."""
+        if columns == "*":
+            types = self.query(
+                "SELECT column_name, data_type FROM information_schema.columns "
+                "WHERE table_schema = %s AND table_name = %s ORDER BY ordinal_position",
+                (self.database, table),
+            )
+            columns = ", ".join(
+                f"CAST(`{name}` AS DOUBLE) AS `{name}`" if kind == "float" else f"`{name}`"
+                for name, kind in types
+            )
         with self.root.cursor(pymysql.cursors.DictCursor) as cur:
             cur.execute(f"SELECT {columns} FROM `{self.database}`.`{table}` ORDER BY seq")
             rows = list(cur.fetchall())

@@ -17,12 +17,15 @@ from conftest import ROOT, LoggerDB, edgelog, meter_toml, start_edgelog, stop, w
 from edgelog.buffer import Buffer
 from edgelog.config import MariaDBConfig
 from edgelog.profiles import PAC3100
-from edgelog.simulate import SimulatorThread
+from edgelog.simulate import SimulatorThread, as_float32
 from edgelog.sync import MariaDBSink
+from edgelog.sync.aggregates import ensure_tables
+from edgelog.sync.schema import column_types
 
 COLUMNS = [r.name for r in PAC3100.registers]
 UNITS = {r.name: r.unit for r in PAC3100.registers}
 SCHEMA_FILE = ROOT / "schema" / "chapada_imperial.sql"
+TABLES = ("medicoes", "medicoes_1min", "medicoes_15min")
 
 #: The smallest config of the default installation; `schema/chapada_imperial.sql` is its
 #: `edgelog schema` output (regenerate the file with this config after changing the DDL).
@@ -95,10 +98,13 @@ def one_line(text: str) -> str:
 
 
 def fill_buffer(path: Path, n: int) -> list[int]:
+    """Float32 values, as a meter's float32 registers give them (the columns are FLOAT)."""
     buffer = Buffer(path, COLUMNS)
     try:
         return [
-            buffer.append("pac1", 1_700_000_000.0 + k, {c: k + i / 7 for i, c in enumerate(COLUMNS)})
+            buffer.append(
+                "pac1", 1_700_000_000.0 + k, {c: as_float32(k + i / 7) for i, c in enumerate(COLUMNS)}
+            )
             for k in range(n)
         ]
     finally:
@@ -115,9 +121,15 @@ def test_schema_prints_the_ddl_of_the_committed_schema_file(tmp_path: Path) -> N
     statements = [line for line in result.stdout.splitlines() if not line.startswith("--")]
     assert statements[0].startswith("CREATE DATABASE IF NOT EXISTS `chapada_imperial`")
     assert "CREATE TABLE IF NOT EXISTS `medicoes` (" in result.stdout
-    for register in PAC3100.registers:
-        assert f"  `{register.name}` DOUBLE NULL COMMENT '{register.unit}',\n" in result.stdout
-    assert result.stdout.count(" DOUBLE NULL ") == len(PAC3100.registers) == 20
+    for register in PAC3100.registers:  # float32 registers: FLOAT, the meter's 4 bytes exactly
+        assert f"  `{register.name}` FLOAT NULL COMMENT '{register.unit}',\n" in result.stdout
+    raw = result.stdout.split("CREATE TABLE IF NOT EXISTS `medicoes_1min`")[0]
+    assert raw.count(" FLOAT NULL ") == len(PAC3100.registers) == 20 and " DOUBLE " not in raw
+    # the aggregate tables ([mariadb] aggregates = true by default)
+    assert "CREATE TABLE IF NOT EXISTS `medicoes_1min` (" in result.stdout
+    assert "CREATE TABLE IF NOT EXISTS `medicoes_15min` (" in result.stdout
+    assert "  `tensao_l1_n_min` FLOAT NULL COMMENT 'V',\n" in result.stdout
+    assert "  `tensao_l1_n_avg` DOUBLE NULL COMMENT 'V',\n" in result.stdout
     assert "UNIQUE KEY `uq_reading` (`site`, `buffer_id`, `seq`)" in result.stdout
     assert "`measured_at` DATETIME(3) NOT NULL" in result.stdout
 
@@ -140,8 +152,10 @@ def test_the_schema_file_creates_the_table_the_logger_creates_by_itself(
             for statement in SCHEMA_FILE.read_text().split(";\n"):
                 if statement.strip():
                     cur.execute(statement)
-            cur.execute("SHOW CREATE TABLE `chapada_imperial`.`medicoes`")
-            (_, from_file) = cur.fetchone()
+            from_file = []
+            for table in TABLES:
+                cur.execute(f"SHOW CREATE TABLE `chapada_imperial`.`{table}`")
+                from_file.append(cur.fetchone()[1])
             cur.execute("DROP DATABASE `chapada_imperial`")
     finally:
         root.close()
@@ -151,10 +165,11 @@ def test_the_schema_file_creates_the_table_the_logger_creates_by_itself(
         unix_socket=logger_db.socket,
         database=logger_db.database,
     )
-    sink = MariaDBSink(config, "chapada-imperial")
+    sink = MariaDBSink(config, "chapada-imperial", types=column_types(PAC3100.registers))
     sink.ensure_table(UNITS)
+    ensure_tables(sink)  # what the first flush of aggregates does
     sink.close()
-    ((_, by_logger),) = logger_db.query(f"SHOW CREATE TABLE `{logger_db.database}`.`medicoes`")
+    by_logger = [logger_db.query(f"SHOW CREATE TABLE `{logger_db.database}`.`{t}`")[0][1] for t in TABLES]
     assert from_file == by_logger
 
 
@@ -292,7 +307,7 @@ def test_sync_drain_sends_everything_and_exits_0(tmp_path: Path, logger_db: Logg
     assert result.stdout.strip().endswith("; 0 unsent")
     rows = logger_db.rows()
     assert [r["seq"] for r in rows] == seqs
-    assert [r["tensao_l2_n"] for r in rows] == [k + 1 / 7 for k in range(25)]
+    assert [r["tensao_l2_n"] for r in rows] == [as_float32(k + 1 / 7) for k in range(25)]
     after = status(config)
     assert after["unsent"] == 0 and after["sent_upto"] == seqs[-1]
 

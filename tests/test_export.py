@@ -15,6 +15,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from conftest import ROOT, LoggerDB, edgelog, meter_toml, start_edgelog, stop, wait_for, write_config
+from plantdata import SITE, START, append, bad_plant, readings, sync
 
 from edgelog import config as config_mod
 from edgelog import export
@@ -25,6 +26,7 @@ from edgelog.profiles import PAC3100_ENERGIA as PROFILE
 from edgelog.progress import Progress
 from edgelog.simulate import SimulatorThread, plant_values
 from edgelog.sync import MariaDBSink
+from edgelog.sync.schema import live_columns, select_expr
 
 COLUMNS = [r.name for r in PROFILE.registers]
 UNITS = {r.name: r.unit for r in PROFILE.registers}
@@ -123,6 +125,9 @@ def test_export_errors_are_one_line(tmp_path: Path, logger_db: LoggerDB) -> None
         (("--from", "2026-06-01", "--site", "elsewhere", "--source", "buffer"), "holds the readings of site"),
         (("--from", "2026-06-01", "--format", "parquet"), "Parquet goes to a file"),
         (("--from", "2026-06-01"), "no table 'medicoes' (has anything been synced yet?)"),
+        (("--from", "2026-06-01", "--every", "1min"), "no table 'medicoes_1min': the logger keeps it"),
+        (("--from", "2026-06-01", "--every", "1min", "--source", "buffer"), "in MariaDB, not in the buffer"),
+        (("--from", "2026-06-01", "--every", "15min", "--no-gaps"), "--no-gaps: not with --every"),
     ]
     for args, message in cases:
         result = edgelog("export", *args, config=config)
@@ -243,3 +248,60 @@ def test_progress_is_a_bar_on_a_terminal_and_plain_lines_elsewhere() -> None:
             p.update(done)
     drawn = bar.getvalue()
     assert "\r" in drawn and "rows/s" in drawn and "500/500" in drawn
+
+
+# -- --every: the aggregate tables ------------------------------------------------------------
+
+
+def test_export_every_minute_and_quarter_hour_gives_the_aggregate_rows(
+    tmp_path: Path, logger_db: LoggerDB
+) -> None:
+    path = tmp_path / "buffer.sqlite3"
+    append(
+        path,
+        readings("pac1", START, 3600, 1.0, bad_plant()) + readings("pac2", START, 3600, 10.0, bad_plant()),
+    )
+    assert sync(path, logger_db) == 3600 + 360
+    config = write_config(tmp_path, logger_db.toml(), meter_toml(5020), site=SITE)
+    window = ("--from", utc_text(START, iso=True), "--to", utc_text(START + 3600, iso=True))
+
+    for every, periods in (("1min", 60), ("15min", 4)):
+        result = edgelog("export", *window, "--every", every, config=config, check=True)
+        assert result.stderr.strip().startswith(f"exported {2 * periods} rows from MariaDB ")
+        rows = read_csv(result.stdout)
+        header, body = rows[0], rows[1:]
+        assert header[:6] == ["period_start [UTC]", "site", "meter", "samples", "failed", "clock_unsynced"]
+        assert {"tensao_l1_n_avg [V]", "tensao_l1_n_min [V]", "tensao_l1_n_cnt", "freq_fora_normal"} <= set(
+            header
+        )
+        assert "potencia_ativa_total_avg [W]" in header and "desequilibrio_tensao_max [%]" in header
+        assert len(body) == 2 * periods  # two meters
+        assert body[0][0] == utc_text(START, iso=True) and [r[2] for r in body[:2]] == ["pac1", "pac2"]
+        assert sum(int(r[3]) for r in body) == 3960
+        # each field as the table holds it, FLOAT min/max exactly (CAST, not 6 digits)
+        table = f"medicoes_{every}"
+        live = live_columns(logger_db.root.cursor(), logger_db.database, table)
+        names = [c for c in live if c not in ("site", "meter", "period_start")]
+        db_rows = logger_db.query(
+            f"SELECT {', '.join(select_expr(f'`{c}`', live[c][0]) for c in names)} "
+            f"FROM `{logger_db.database}`.`{table}` ORDER BY period_start, meter"
+        )
+        for csv_row, db_row in zip(body, db_rows, strict=True):
+            assert csv_row[3:] == ["" if v is None else str(v) for v in db_row]
+
+    # half-open: a period is exported when it starts in [--from, --to)
+    one = ("--from", utc_text(START + 60, iso=True), "--to", utc_text(START + 120, iso=True))
+    rows = read_csv(
+        edgelog("export", *one, "--every", "1min", "--meter", "pac1", config=config, check=True).stdout
+    )
+    assert [r[:4] for r in rows[1:]] == [[utc_text(START + 60, iso=True), SITE, "pac1", "60"]]
+
+    out = tmp_path / "quarters.parquet"
+    edgelog("export", *window, "--every", "15min", "--out", str(out), config=config, check=True)
+    table = pq.read_table(out)
+    assert table.num_rows == 8 and table.column_names[:3] == ["period_start", "site", "meter"]
+    assert str(table.schema.field("samples").type) == "int64"
+    assert str(table.schema.field("tensao_l1_n_cnt").type) == "int64"
+    assert str(table.schema.field("tensao_l1_n_avg").type) == "double"
+    assert table.schema.field("tensao_l1_n_max").metadata == {b"unit": b"V"}
+    assert sum(table.column("samples").to_pylist()) == 3960

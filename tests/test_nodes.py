@@ -338,7 +338,8 @@ def test_manage_schema_false_runs_no_ddl_and_names_the_alter_to_run(
     logger_db.query(create_table_sql("medicoes", UNITS))
     lacking = edgelog("sync", "--drain", config=config)
     assert lacking.returncode == 2
-    alter = f"ALTER TABLE `{db}`.`medicoes` ADD COLUMN `{EXTRA}` DOUBLE NULL COMMENT 'kWh'"
+    # a float32 register: FLOAT (edgelog/sync/schema.py)
+    alter = f"ALTER TABLE `{db}`.`medicoes` ADD COLUMN `{EXTRA}` FLOAT NULL COMMENT 'kWh'"
     line = lacking.stderr.strip().splitlines()[-1]
     assert line.startswith("edgelog: error: ") and f"lacks column(s) {EXTRA}" in line
     assert f"have the DBA run `{alter};`" in line and "`edgelog schema --alter` prints it" in line

@@ -293,13 +293,14 @@ class Buffer:
 
     def get_meta(self, key: str) -> str | None:
         """A text value another part keeps in the buffer under `key` (the sync worker's
-        facts for sync-status: how it writes, the node in use), or None."""
+        facts for sync-status: how it writes, the node in use; the aggregates' pending
+        minutes), or None."""
         return self.meta.get(key)
 
     def set_meta(self, key: str, value: str | None) -> None:
-        """Keep `value` under `key`, committed at once without an fsync of its own (these
-        facts may be lost to a power cut); callers write only on a change."""
-        with self.write(f"cannot record {key}", durable=False):
+        """Keep `value` under `key`, committed and fsync()ed at once (the aggregates' pending
+        minutes must survive a power cut); callers write only on a change."""
+        with self.write(f"cannot record {key}"):
             self.meta.set(key, value)
 
     def note_corrupt(self, moved_to: str) -> None:

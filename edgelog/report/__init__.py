@@ -11,7 +11,9 @@
        relatorios/<site>_<meter>_2025-06-01.html  one self-contained page: figure and tables
 
 Rows are streamed from MariaDB (or the buffer) into per-minute bins
-(`report.data`), so a month of 1 Hz data is read once and never held whole.
+(`report.data`), so a month of 1 Hz data is read once and never held whole. A week
+or a month is read from the logger's per-minute table instead, with the raw rows of
+the minutes it cannot replace (`report.minutes`); `--raw` reads every raw row.
 The figures: `report.summary` (which gathers `report.prodist` and
 `report.study`); the limits and their sources: `report.limits`. Days are local
 days of `--tz` (default America/Sao_Paulo): a load curve is read in the hours
@@ -53,13 +55,20 @@ __all__ = ["Aggregator", "Period", "Summary", "build", "run", "summarize"]
 
 
 def build(
-    cfg: Config, period: Period, meter: str | None = None, source: str = "mariadb"
+    cfg: Config, period: Period, meter: str | None = None, source: str = "mariadb", aggregates: bool = True
 ) -> tuple[Aggregator, str, str]:
-    """Stream the period's rows of one meter into bins: (aggregator, meter, source label)."""
+    """Stream the period's rows of one meter into bins: (aggregator, meter, source label).
+    A week or a month comes from the per-minute table where it can (`report.minutes`)."""
     names = [m.name for m in cfg.meters]
     meter = meter or (names[0] if names else None)
     if meter is None:
         raise EdgelogError("report: the config has no meter; say --meter")
+    if aggregates and source == "mariadb" and period.kind != "day":
+        from .minutes import load
+
+        loaded = load(cfg, period, meter)
+        if loaded is not None:
+            return loaded.agg, meter, loaded.label
     query = Query(period.start_ts, period.end_ts, cfg.site, meter, gaps=True)
     src = open_source(cfg, query, source)
     try:
@@ -84,6 +93,7 @@ def run(
     source: str = "mariadb",
     meter: str | None = None,
     now: float | None = None,
+    aggregates: bool = True,
 ) -> list[Path]:
     """Write the PNG, PDF and HTML of the report; return their paths."""
     from .render import (
@@ -100,7 +110,7 @@ def run(
     if lang not in ("pt", "en"):
         raise EdgelogError(f"report: no language {lang!r} (pt or en)")
     now = time.time() if now is None else now
-    agg, meter, label = build(cfg, period, meter, source)
+    agg, meter, label = build(cfg, period, meter, source, aggregates)
     if agg.total_rows == 0:
         raise EdgelogError(_no_readings(cfg, period, meter, label, source))
     meta = Meta(cfg.site, meter, label, lang, dt.datetime.now(period.tz))

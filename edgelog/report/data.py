@@ -44,6 +44,8 @@ from . import limits
 
 BIN_S = 60
 PHASES = (1, 2, 3)
+#: The sampling interval is the median of about this many spacings (whole chunks of them).
+SPACING_DIFFS = 20000
 
 
 # -- the period ------------------------------------------------------------------------
@@ -226,6 +228,21 @@ class MinuteBins:
     good: np.ndarray  # rows with values (the meter answered)
     failed: np.ndarray
 
+    @classmethod
+    def empty(cls, minute: np.ndarray, k: int) -> MinuteBins:
+        """Bins of these minutes for `k` series, nothing in them yet."""
+        m = len(minute)
+        return cls(
+            minute=minute,
+            sum=np.zeros((m, k)),
+            cnt=np.zeros((m, k), dtype=np.int64),
+            min=np.full((m, k), np.inf),
+            max=np.full((m, k), -np.inf),
+            rows=np.zeros(m, dtype=np.int64),
+            good=np.zeros(m, dtype=np.int64),
+            failed=np.zeros(m, dtype=np.int64),
+        )
+
 
 class Aggregator:
     """Adds chunks of rows, or per-minute bins, into the per-minute bins of [start, end)."""
@@ -264,8 +281,10 @@ class Aggregator:
         """Whether the series has at least one value."""
         return name in self.index and bool(self.cnt[:, self.index[name]].any())
 
-    def add(self, chunk: Sequence[Sequence[Any]]) -> None:
-        """Rows: (measured_at, site, meter, clock_ok, error, *values in `columns` order)."""
+    def add(self, chunk: Sequence[Sequence[Any]], spacing: bool = True) -> None:
+        """Rows: (measured_at, site, meter, clock_ok, error, *values in `columns` order).
+        `spacing`: their times count towards the sampling interval (False: rows of some
+        minutes only, the interval known from the period's first rows: `note_spacing`)."""
         if not chunk:
             return
         m = len(chunk)
@@ -280,7 +299,8 @@ class Aggregator:
             return
         self.total_rows += len(t)
         self.bad_clock += int((~ok).sum())
-        self._spacing(t)  # failed polls are on the sampling grid too
+        if spacing:
+            self._spacing(t)  # failed polls are on the sampling grid too
         derived = self._derived(values)  # also blanks the values of interrupted samples
         data = np.concatenate([values, derived], axis=1)
         data[failed] = np.nan
@@ -292,18 +312,12 @@ class Aggregator:
 
     def _bin(self, t: np.ndarray, failed: np.ndarray, data: np.ndarray) -> MinuteBins:
         minute, b = np.unique((t // BIN_S).astype(np.int64), return_inverse=True)
-        m, k = len(minute), data.shape[1]
+        m = len(minute)
         valid = np.isfinite(data)
-        bins = MinuteBins(
-            minute=minute,
-            sum=np.zeros((m, k)),
-            cnt=np.zeros((m, k), dtype=np.int64),
-            min=np.full((m, k), np.inf),
-            max=np.full((m, k), -np.inf),
-            rows=np.bincount(b, minlength=m).astype(np.int64),
-            good=np.bincount(b, weights=(~failed).astype(float), minlength=m).astype(np.int64),
-            failed=np.bincount(b, weights=failed.astype(float), minlength=m).astype(np.int64),
-        )
+        bins = MinuteBins.empty(minute, data.shape[1])
+        bins.rows = np.bincount(b, minlength=m).astype(np.int64)
+        bins.good = np.bincount(b, weights=(~failed).astype(float), minlength=m).astype(np.int64)
+        bins.failed = np.bincount(b, weights=failed.astype(float), minlength=m).astype(np.int64)
         np.add.at(bins.sum, b, np.where(valid, data, 0.0))
         np.add.at(bins.cnt, b, valid.astype(np.int64))
         np.minimum.at(bins.min, b, np.where(valid, data, np.inf))
@@ -323,8 +337,18 @@ class Aggregator:
         np.add.at(self.good, idx, bins.good[keep])
         np.add.at(self.failed, idx, bins.failed[keep])
 
+    def note_spacing(self, t: np.ndarray) -> bool:
+        """Times of a chunk of the period's first rows, for the sampling interval, as `add`
+        counts them; False once it has enough (later chunks are not looked at)."""
+        self._spacing(t)
+        return self._diff_count < SPACING_DIFFS
+
+    def first_diffs(self, n: int) -> np.ndarray:
+        """The first `n` positive spacings seen (what the event detector's spacing is from)."""
+        return np.concatenate(self._diffs)[:n] if self._diffs else np.zeros(0)
+
     def _spacing(self, t: np.ndarray) -> None:
-        if self._diff_count >= 20000 or not len(t):
+        if self._diff_count >= SPACING_DIFFS or not len(t):
             return
         series = t if self._last_t is None else np.concatenate([[self._last_t], t])
         d = np.diff(series)
@@ -371,7 +395,7 @@ class Aggregator:
             with np.errstate(invalid="ignore", divide="ignore"):
                 beta = (lines**4).sum(axis=1) / sq**2
                 root = np.sqrt(np.clip(3 - 6 * beta, 0, None))
-                out[:, at["fd"]] = 100 * np.sqrt((1 - root) / (1 + root))
+                out[:, at["fd"]] = 100 * np.sqrt(np.clip((1 - root) / (1 + root), 0, None))  # 0 when balanced
             if volts is not None and p is not None and q is not None:
                 i1, i2, i_n = sequence_currents(volts, lines, p, q)
                 out[:, at["i1"]], out[:, at["i2"]], out[:, at["in_est"]] = i1, i2, i_n

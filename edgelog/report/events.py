@@ -26,6 +26,7 @@ import numpy as np
 from . import limits
 
 MAX_KEPT = 200  # events kept per kind; the rest are counted
+SPACING_N = 500  # the sampling interval of a stream: the median of its first spacings
 
 
 @dataclass(frozen=True)
@@ -89,8 +90,8 @@ class EventDetector:
         if not len(t):
             return
         steps = np.diff(t, prepend=t[0] if self._prev_t is None else self._prev_t)
-        if len(self._diffs) < 500:
-            self._diffs.extend(float(x) for x in steps[steps > 0][: 500 - len(self._diffs)])
+        if len(self._diffs) < SPACING_N:
+            self._diffs.extend(float(x) for x in steps[steps > 0][: SPACING_N - len(self._diffs)])
         breaks = (steps <= 0) | (steps > 2.5 * self.spacing_s)
         if self._prev_t is None:
             breaks[0] = True
@@ -146,6 +147,16 @@ class EventDetector:
     def _close_all(self) -> None:
         for kind in list(self._open):
             self._close(kind)
+
+    def break_runs(self) -> None:
+        """The next samples fed do not follow the last ones (rows left out between): close
+        every open run, as a sample meeting no condition would."""
+        self._close_all()
+
+    def fix_spacing(self, diffs: np.ndarray) -> None:
+        """Take the spacing from these first spacings of the stream (at least `SPACING_N`),
+        as `feed` would have from the whole stream; samples fed later do not change it."""
+        self._diffs = [float(x) for x in diffs[:SPACING_N]]
 
     def finish(self) -> list[Event]:
         """Close the runs still open; every event found, in time order."""

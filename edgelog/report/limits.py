@@ -135,4 +135,4 @@ def unbalance_fd_pct(vab: float, vbc: float, vca: float) -> float:
         return math.nan
     beta = (vab**4 + vbc**4 + vca**4) / squares**2
     root = math.sqrt(max(0.0, 3 - 6 * beta))
-    return 100 * math.sqrt((1 - root) / (1 + root))
+    return 100 * math.sqrt(max(0.0, (1 - root) / (1 + root)))  # rounding: a balanced set gives 0

@@ -40,7 +40,7 @@ that the table has every column and raises `SchemaMismatch` naming the ALTER.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import pymysql
@@ -51,6 +51,7 @@ from ..errors import EdgelogError, SchemaMismatch, SinkRejected, SinkTooLarge, S
 from . import wire
 from .connect import connect, describe
 from .nodes import Conflict, Node, NodeNotReady, Nodes, Session, nodes_of, probe
+from .schema import KNOWN_TYPES, SAFE_TYPE, live_columns, type_warnings
 from .wire import CHUNK_ROWS, RowPacker, chunk_sizes, close_statement, prepare, read_ok, send_execute
 
 log = logging.getLogger(__name__)
@@ -112,12 +113,16 @@ def comment(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def column_sql(name: str, unit: str) -> str:
-    return f"{quote(name)} DOUBLE NULL COMMENT {comment(unit)}"
+def column_sql(name: str, unit: str, sql_type: str = SAFE_TYPE) -> str:
+    if sql_type not in KNOWN_TYPES:
+        raise ValueError(f"unknown column type {sql_type!r}")
+    return f"{quote(name)} {sql_type} NULL COMMENT {comment(unit)}"
 
 
-def create_table_sql(table: str, columns: Mapping[str, str]) -> str:
-    """The DDL of the readings table for these register columns (name -> unit)."""
+def create_table_sql(table: str, columns: Mapping[str, str], types: Mapping[str, str] | None = None) -> str:
+    """The DDL of the readings table for these register columns (name -> unit), each of
+    its type in `types` (`schema.column_types`; DOUBLE for a column not there)."""
+    types = types or {}
     lines = [
         "`id` BIGINT UNSIGNED NOT NULL AUTO_INCREMENT",
         "`site` VARCHAR(64) NOT NULL COMMENT 'logger that took the reading (site in edgelog.toml)'",
@@ -127,7 +132,7 @@ def create_table_sql(table: str, columns: Mapping[str, str]) -> str:
         "`measured_at` DATETIME(3) NOT NULL COMMENT 'UTC'",
         "`clock_ok` BOOLEAN NOT NULL DEFAULT 1 COMMENT '0: logger clock was not synchronised'",
         f"`error` VARCHAR({ERROR_MAX}) NULL COMMENT 'poll failed: a gap, values are NULL'",
-        *(column_sql(name, unit) for name, unit in columns.items()),
+        *(column_sql(name, unit, types.get(name, SAFE_TYPE)) for name, unit in columns.items()),
         "PRIMARY KEY (`id`)",
         "UNIQUE KEY `uq_reading` (`site`, `buffer_id`, `seq`)",
         "KEY `ix_meter_time` (`site`, `meter`, `measured_at`)",
@@ -139,10 +144,18 @@ def create_table_sql(table: str, columns: Mapping[str, str]) -> str:
     )
 
 
-def alter_table_sql(table: str, columns: Mapping[str, str], database: str | None = None) -> str:
-    """One ALTER TABLE adding these register columns (name -> unit)."""
+def alter_table_sql(
+    table: str,
+    columns: Mapping[str, str],
+    database: str | None = None,
+    types: Mapping[str, str] | None = None,
+) -> str:
+    """One ALTER TABLE adding these register columns (name -> unit), each of its type in
+    `types` (DOUBLE for a column not there)."""
     name = f"{quote(database)}.{quote(table)}" if database else quote(table)
-    return f"ALTER TABLE {name} " + ", ".join(f"ADD COLUMN {column_sql(c, u)}" for c, u in columns.items())
+    types = types or {}
+    adds = [f"ADD COLUMN {column_sql(c, u, types.get(c, SAFE_TYPE))}" for c, u in columns.items()]
+    return f"ALTER TABLE {name} " + ", ".join(adds)
 
 
 def _table_columns(cur, database: str, table: str) -> set[str]:
@@ -156,9 +169,17 @@ def _table_columns(cur, database: str, table: str) -> set[str]:
 class MariaDBSink:
     """Writes batches into `[mariadb] table`; one connection, reopened after any error."""
 
-    def __init__(self, config: MariaDBConfig, site: str, binary: bool | None = None):
+    def __init__(
+        self,
+        config: MariaDBConfig,
+        site: str,
+        binary: bool | None = None,
+        types: Mapping[str, str] | None = None,
+    ):
         self.config = config
         self.site = site
+        #: SQL type of each register column it creates (`schema.column_types`); DOUBLE for others
+        self.types = dict(types or {})
         #: the fast path for backlog batches (None: `[mariadb] fast_path`); False: every
         #: batch by the plain path
         self.binary = config.fast_path if binary is None else binary
@@ -300,6 +321,10 @@ class MariaDBSink:
         limit = self._session.max_packet if self._session else TEXT_STATEMENT_MAX
         return max(PACKET_SLACK, min(TEXT_STATEMENT_MAX, limit - PACKET_SLACK))
 
+    def transaction(self, work: Callable[[Any], Any]) -> Any:
+        """Run `work(cursor)` in one transaction on the sink's connection (errors as `_run`)."""
+        return self._run(work)
+
     def grants(self) -> list[str]:
         """The logged-in user's SHOW GRANTS lines (for `edgelog doctor`)."""
 
@@ -322,15 +347,18 @@ class MariaDBSink:
         table = self.config.table
 
         def work(cur) -> set[str]:
-            existing = _table_columns(cur, self.config.database, table)
+            live = live_columns(cur, self.config.database, table)
+            existing = set(live)
             if not existing:
                 log.info("creating table %s.%s", self.config.database, table)
-                cur.execute(create_table_sql(table, columns))
+                cur.execute(create_table_sql(table, columns, self.types))
                 return set(INSERT_COLUMNS) | set(columns)
+            for line in type_warnings(live, {c: self.types[c] for c in columns if c in self.types}):
+                log.warning("table %s: %s", table, line)
             missing = {name: unit for name, unit in columns.items() if name not in existing}
             if missing:  # one ALTER (on a Galera cluster, one total order operation)
                 log.info("adding column(s) %s to %s", ", ".join(missing), table)
-                cur.execute(alter_table_sql(table, missing))
+                cur.execute(alter_table_sql(table, missing, types=self.types))
                 existing |= set(missing)
             return existing
 
@@ -355,9 +383,10 @@ class MariaDBSink:
             raise SchemaMismatch(f"table {name} lacks edgelog's column(s) {', '.join(own)}: not its table")
         missing = {c: unit for c, unit in columns.items() if c not in existing}
         if missing:
+            alter = alter_table_sql(self.config.table, missing, self.config.database, self.types)
             raise SchemaMismatch(
                 f"table {name} lacks column(s) {', '.join(missing)} and [mariadb] manage_schema = false: "
-                f"have the DBA run `{alter_table_sql(self.config.table, missing, self.config.database)};` "
+                f"have the DBA run `{alter};` "
                 "(`edgelog schema --alter` prints it)"
             )
         return existing

@@ -22,6 +22,10 @@ Galera cluster's wsrep_max_ws_rows or wsrep_max_ws_size, max_allowed_packet) is
 bisected the same way, every part that goes in committed; the next batches are
 read at the size that worked (`fit.BatchFit`). A single row still too large is
 refused like any other row (and so, in time, quarantined).
+
+Aggregate tables (`aggregates.Aggregates`, `[mariadb] aggregates`): each batch is
+noted before it is written, and the minutes it touched are summarised once per
+drain round, after the rows are committed; a failure there never fails the sync.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from typing import Any
 from ..buffer import Buffer
 from ..config import SyncConfig
 from ..errors import ConfigError, EdgelogError, SinkRejected, SinkTooLarge, SinkUnavailable
+from .aggregates import NoAggregates
 from .fit import BatchFit
 from .nodes import NODE_KEY, NODES_FAILED_KEY
 from .sink import Sink
@@ -63,6 +68,7 @@ class SyncWorker:
         batch_size: int,
         config: SyncConfig | None = None,
         clock: Callable[[], float] = time.time,
+        aggregates: NoAggregates | None = None,
     ):
         self.buffer = buffer
         self.sink = sink
@@ -70,6 +76,8 @@ class SyncWorker:
         self.batch_size = batch_size
         self.config = config or SyncConfig()
         self.clock = clock
+        #: the aggregate tables: told of each batch before it is written, updated after each drain
+        self.aggregates = aggregates or NoAggregates()
         self.failures = 0
         self.rejections: dict[int, int] = {}  # seq -> rounds in which the sink refused it
         self._counted = False  # the last round counted a refusal (progress towards quarantine)
@@ -104,6 +112,7 @@ class SyncWorker:
         """Write `rows`; on SinkRejected bisect, in seq order, down to the single rows
         refused. `accepted(part, after_a_rejected_row)` follows each committed part."""
         seen_rejected = False
+        self.aggregates.note(rows)
 
         def visit(part: Sequence[Row]) -> None:
             nonlocal seen_rejected
@@ -245,6 +254,8 @@ class SyncWorker:
                     progress(total)
         finally:
             self._record_nodes()
+        if not should_stop():
+            self.aggregates.flush()
         self.buffer.record_sync_error(None, at=self.clock())
         self._record_kind(None)
         return total
@@ -297,6 +308,7 @@ class SyncWorker:
             sent += len(ok)
             still += len(refused)
             after = rows[-1][0]
+        self.aggregates.flush()
         return sent, still
 
     def backoff_s(self) -> float:
