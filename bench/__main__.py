@@ -8,7 +8,9 @@ side by side in the same run: machines are noisy, ratios less so. Nothing here
 is a timed test: the targets are reported, never asserted.
 
 --quick is the smoke-sized version CI runs (about a minute or two); the full run
-(N = 1,000,000, a 10-minute cadence run) takes about 20 minutes on 2 cores.
+(N = 1,000,000, a 10-minute cadence run at 10 Hz and a 10-minute card-wear run at
+1 Hz) takes about 30 minutes on 2 cores. `python -m bench.wear` runs the card-wear
+measurement alone.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from typing import Any
 
 from .run import Bench, Plan, timed
 from .server import SERVER_PARAMS
+from .wear import card_wear
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "latest.json"
 
@@ -227,6 +230,10 @@ def run_all(plan: Plan, work: Path, say: Any) -> dict[str, Any]:
         # 3 + 4 + 5. the poll path, cadence and footprint at steady state
         with timed(say, f"3-5. `edgelog run` at 10 Hz for {plan.cadence_s:.0f} s"):
             results["steady"] = bench.steady()
+
+        # 7. card wear: bytes written per reading at 1 Hz, default settings
+        with timed(say, f"7. `edgelog run` at 1 Hz for {plan.wear_s:.0f} s: bytes written per reading"):
+            results["card_wear"] = card_wear(bench, plan.wear_s, plan.wear_warmup_s)
     finally:
         bench.stop()
     results["duration_s"] = time.time() - started
@@ -272,6 +279,13 @@ def targets(r: dict[str, Any]) -> dict[str, dict[str, Any]]:
         [round(v, 1) if v else v for v in values],
         "flat",
         flat,
+    )
+    w = r["card_wear"]["total_bytes_per_reading"]
+    add(
+        "bytes written per reading at 1 Hz (KiB)",
+        None if w is None else round(w / 1024, 2),
+        "<= 6",
+        w is not None and w <= 6 * 1024,
     )
     peaks = [row["drain_peak_rss_mib"] for row in r["scaling_n"]]
     add(
@@ -453,6 +467,21 @@ def table(r: dict[str, Any]) -> str:
                 f"{per_bus}",
             )
         )
+    cw = r["card_wear"]
+    rows.append(
+        (
+            "7 wear",
+            f"edgelog run 1 Hz, {cw['seconds']:.0f} s: readings, bytes written per reading",
+            f"{cw['readings']:,}, {_n(cw['write_bytes_per_reading'])}",
+        )
+    )
+    rows.append(
+        (
+            "7 wear",
+            f"  + checkpoint share (database file per reading, {cw['page_size']}-byte pages) = total",
+            f"{_n(cw['checkpoint_bytes_per_reading'])} = {_n(cw['total_bytes_per_reading'])}",
+        )
+    )
     for name, t in r["targets"].items():
         verdict = {True: "met", False: "NOT met", None: "?"}[t["met"]]
         rows.append(("targets", f"{name} (target {t['target']})", f"{t['value']}: {verdict}"))

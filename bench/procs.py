@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import statistics
+import subprocess
 import threading
 import time
 from collections.abc import Sequence
@@ -37,6 +39,16 @@ def write_bytes(pid: int) -> int | None:
     except OSError:
         return None
     return None
+
+
+def terminate(proc: subprocess.Popen[bytes], timeout: float = 60.0) -> int:
+    """SIGTERM, as systemd stops the unit; SIGKILL if it has not exited in `timeout` s."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait(10)
 
 
 def cpu_seconds(pid: int) -> float:

@@ -12,7 +12,6 @@ import os
 import pstats
 import re
 import shutil
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -26,7 +25,7 @@ from typing import Any
 
 import pymysql
 
-from edgelog.buffer import Buffer
+from edgelog.buffer import Buffer, Space
 from edgelog.buffer.batch import UnsentReader
 from edgelog.clock import utc_text
 from edgelog.config import Config, MariaDBConfig, SyncConfig, parse
@@ -39,7 +38,7 @@ from edgelog.sync.mariadb import INSERT_COLUMNS, quote
 
 from .data import BuiltBuffer, build_buffer, profile_columns, read_rows, sample_rows
 from .loaddata import LoadDataSink, TsvFormatter, load_bytes, open_loading
-from .procs import FsyncProbe, Sampler, cpu_seconds, median, percentile
+from .procs import FsyncProbe, Sampler, cpu_seconds, median, percentile, terminate
 from .server import LoggerAccount, PrivateMariaDB
 from .sim import BusSimulator
 
@@ -70,6 +69,8 @@ class Plan:
     meters_interval_s: float
     meters_run_s: float
     history_rows: int
+    wear_s: float  # the measured window of the card-wear run (1 Hz), after wear_warmup_s
+    wear_warmup_s: float
 
     @classmethod
     def make(cls, quick: bool) -> Plan:
@@ -90,6 +91,8 @@ class Plan:
                 meters_interval_s=1.0,
                 meters_run_s=4.0,
                 history_rows=10_000,
+                wear_s=15.0,
+                wear_warmup_s=5.0,
             )
         return cls(
             quick=False,
@@ -107,6 +110,8 @@ class Plan:
             meters_interval_s=1.0,
             meters_run_s=10.0,
             history_rows=100_000,
+            wear_s=600.0,
+            wear_warmup_s=15.0,
         )
 
 
@@ -601,7 +606,7 @@ class Bench:
 
             def legacy_unsent(limit: int, after: int | None = None) -> list[tuple[Any, ...]]:
                 position = buffer.sent_upto if after is None else after
-                R = buffer.Reading
+                R = buffer.tables.Reading
                 return list(R.select().where(R.seq > position).order_by(R.seq).limit(limit).tuples())
 
             buffer.unsent = legacy_unsent  # type: ignore[method-assign]
@@ -723,12 +728,7 @@ class Bench:
                     break
                 time.sleep(0.1)
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+            terminate(proc)
             sampler.stop()
             fsync_probe.stop()
             log.close()
@@ -992,13 +992,14 @@ def _time_prune(path: Path) -> dict[str, Any]:
     on the buffer writer thread), on the buffer the live drain left: every backlog row
     sent, none old enough to delete. How long does one step hold a commit up?"""
     buffer = Buffer(path, create=False)
+    space = Space(buffer, 1 << 62)
     try:
         rows = buffer.readings_total()
         steps: list[float] = []
         after: int | None = 0
         while after is not None:
             t0 = time.perf_counter()
-            _, after = buffer.prune_old_sent(7 * 86400, after=after)
+            _, after = space.prune_old_sent(7 * 86400, after=after)
             steps.append(time.perf_counter() - t0)
         return {
             "rows_in_buffer": rows,

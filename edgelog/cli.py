@@ -21,7 +21,7 @@ from typing import Any
 from . import __version__
 from . import config as config_mod
 from .buffer import Buffer
-from .clock import utc_text
+from .clock import utc_iso
 from .errors import EdgelogError, MeterError
 from .progress import Progress
 from .sync import MariaDBSink, SyncWorker, create_table_sql
@@ -62,7 +62,7 @@ def cmd_poll(args: argparse.Namespace) -> int:
                 results[meter.name] = {"error": str(exc)}
                 continue
             results[meter.name] = {
-                "measured_at": _iso(reading.measured_at),
+                "measured_at": utc_iso(reading.measured_at),
                 "requests": len(meter.plan),
                 "values": {k: {"value": v, "unit": units[k]} for k, v in reading.values.items()},
             }
@@ -274,10 +274,6 @@ def schema_sql(cfg: config_mod.Config) -> str:
 
 
 # -- plumbing ------------------------------------------------------------------------
-
-
-def _iso(ts: float | None) -> str | None:
-    return None if ts is None else utc_text(ts, iso=True)
 
 
 def _duration(text: str) -> float:

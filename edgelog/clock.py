@@ -26,6 +26,12 @@ def utc_text(ts: float, iso: bool = False) -> str:
     return time.strftime(fmt, time.gmtime(seconds)) + f".{millis:03d}" + ("Z" if iso else "")
 
 
+def utc_iso(ts: float | None) -> str | None:
+    """Unix seconds -> 'YYYY-MM-DDTHH:MM:SS.fffZ' (UTC, the form of JSON and CSV output);
+    None stays None."""
+    return None if ts is None else utc_text(ts, iso=True)
+
+
 def kernel_synchronised() -> bool | None:
     """True/False from adjtimex(2); None where it cannot be asked."""
     global _libc
@@ -39,9 +45,3 @@ def kernel_synchronised() -> bool | None:
     if state < 0:
         return None
     return state != _TIME_ERROR
-
-
-def clock_ok(now: float | None = None) -> bool:
-    """False when the time is implausible or the kernel says it is not synchronised."""
-    now = time.time() if now is None else now
-    return now >= EARLIEST_PLAUSIBLE and kernel_synchronised() is not False

@@ -62,6 +62,10 @@ class BufferConfig:
     #: Full of unsent rows (max_mb or the disk): "drop_oldest" unsent rows to keep
     #: logging, or "drop_newest" (keep the backlog, refuse new readings). Both counted.
     when_full: str = "drop_oldest"
+    #: Commit the readings of this many seconds together (one fsync a group) instead of
+    #: each on its own (0, the default). A power cut then loses up to this many seconds
+    #: of readings (docs/guarantees.md); meant for sites sampling faster than 1 Hz.
+    commit_every_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -423,6 +427,7 @@ def _parse_buffer(t: _Table) -> BufferConfig:
         max_mb=t.get("max_mb", float, d.max_mb, check=_range(MIN_MAX_MB, MAX_MAX_MB)),
         keep_sent_days=t.get("keep_sent_days", float, d.keep_sent_days, check=_range(0, 3650)),
         when_full=t.get("when_full", str, d.when_full, check=_one_of("drop_oldest", "drop_newest")),
+        commit_every_s=t.get("commit_every_s", float, d.commit_every_s, check=_range(0, 60)),
     )
     t.done()
     return cfg

@@ -1,6 +1,6 @@
 """The exception hierarchy. Every error edgelog raises on purpose is an EdgelogError.
 
-`retryable` says whether the same operation may succeed later without anyone
+Each class says whether the same operation is tried again later without anyone
 changing anything (a meter that did not answer, a database that is down).
 """
 
@@ -11,7 +11,6 @@ class EdgelogError(Exception):
     """Base class. The CLI prints `str(error)` as one line and exits with `exit_status`."""
 
     exit_status = 1
-    retryable = False
 
 
 class ConfigError(EdgelogError):
@@ -26,8 +25,6 @@ class MeterError(EdgelogError):
     The message starts with its cause, the part before the first ": " (`timeout`,
     `no connection`, `exception 02 illegal data address`, `bad answer`): sync-status
     counts gaps by it."""
-
-    retryable = True
 
 
 class MeterTimeout(MeterError):
@@ -53,8 +50,6 @@ class BufferError(EdgelogError):
 
 class SinkUnavailable(EdgelogError):
     """The destination cannot be reached or refused the login. Retried with backoff."""
-
-    retryable = True
 
 
 class SinkRejected(EdgelogError):

@@ -49,11 +49,12 @@ from typing import Any, Protocol, TextIO
 import pymysql
 import pymysql.cursors
 
-from .buffer import Buffer
-from .clock import utc_text
+from .buffer import Buffer, Span
+from .clock import utc_iso, utc_text
 from .config import Config, MariaDBConfig
 from .errors import EdgelogError
 from .outfile import replacing
+from .profiles import RESERVED_COLUMNS
 from .progress import Progress
 from .sync.connect import connect, describe, where
 from .sync.mariadb import quote
@@ -65,8 +66,6 @@ FIXED = ("measured_at", "site", "meter", "clock_ok", "error")
 PERIOD_FIXED = ("period_start", "site", "meter")
 #: --every: the aggregate tables the logger keeps (sync/aggregates.py)
 EVERY = ("1min", "15min")
-#: edgelog's own MariaDB columns (not registers).
-OWN_COLUMNS = frozenset({"id", "site", "meter", "buffer_id", "seq", "measured_at", "clock_ok", "error"})
 CHUNK_ROWS = 5000
 
 Row = tuple[Any, ...]  # (measured_at: float, site, meter, clock_ok: bool, error, *values)
@@ -98,7 +97,7 @@ class Query:
 
     def __post_init__(self) -> None:
         if self.end <= self.start:
-            raise EdgelogError(f"the interval is empty: --to ({_iso(self.end)}) is not after --from")
+            raise EdgelogError(f"the interval is empty: --to ({utc_iso(self.end)}) is not after --from")
         if self.every is not None and self.every not in EVERY:
             raise EdgelogError(f"--every: {self.every!r} is not one of {', '.join(EVERY)}")
         if self.every is not None and not self.gaps:
@@ -133,31 +132,14 @@ class BufferSource:
         self.buffer = Buffer(path, create=False)
         self.columns = list(self.buffer.value_columns)
         self.units = {c: units.get(c, "") for c in self.columns}
-
-    def _where(self) -> tuple[str, list[Any]]:
-        q = self.query
-        return _filters(q, "measured_at >= ? AND measured_at < ?", [q.start, q.end], "?")
+        self.span = Span(query.start, query.end, query.meter, query.gaps)
 
     def count(self) -> int:
-        where, params = self._where()
-        return int(
-            self.buffer.db.execute_sql(f"SELECT COUNT(*) FROM readings WHERE {where}", params).fetchone()[0]
-        )
+        return self.buffer.count_between(self.span)
 
     def chunks(self, size: int = CHUNK_ROWS) -> Iterator[list[Row]]:
-        where, params = self._where()
-        values = "".join(f', "{c}"' for c in self.columns)
-        sql = (
-            f"SELECT seq, measured_at, meter, clock_ok, error{values} FROM readings "
-            f"WHERE seq > ? AND {where} ORDER BY seq LIMIT ?"
-        )
-        last = 0
-        while True:
-            rows = self.buffer.db.execute_sql(sql, [last, *params, size]).fetchall()
-            if not rows:
-                return
-            last = rows[-1][0]
-            out = [(at, self.site, meter, bool(ok), err, *vals) for _seq, at, meter, ok, err, *vals in rows]
+        for rows in self.buffer.between(self.span, size):
+            out = [(at, self.site, meter, ok, err, *vals) for at, meter, ok, err, *vals in rows]
             del rows  # hold one chunk at a time, not two
             yield out
             del out
@@ -207,7 +189,7 @@ class MariaDBSource:
             raise EdgelogError(f"{self.label}: {describe(exc)}") from None
 
     #: the table's columns that are not values
-    own: frozenset[str] = OWN_COLUMNS
+    own: frozenset[str] = RESERVED_COLUMNS
 
     @property
     def table(self) -> str:
@@ -338,10 +320,6 @@ def open_source(cfg: Config, query: Query, source: str) -> Source:
 # -- writers ---------------------------------------------------------------------------
 
 
-def _iso(ts: float) -> str:
-    return utc_text(ts, iso=True)
-
-
 def header(columns: Sequence[str], units: dict[str, str], fixed: Sequence[str] = FIXED) -> list[str]:
     return [f"{fixed[0]} [UTC]", *fixed[1:]] + [f"{c} [{units[c]}]" if units.get(c) else c for c in columns]
 
@@ -356,10 +334,10 @@ class CsvWriter:
 
     def write(self, rows: list[Row]) -> None:
         if self.periods:
-            self.out.writerows((_iso(at), *rest) for at, *rest in rows)
+            self.out.writerows((utc_iso(at), *rest) for at, *rest in rows)
             return
         self.out.writerows(
-            (_iso(at), site, meter, int(ok), err, *vals) for at, site, meter, ok, err, *vals in rows
+            (utc_iso(at), site, meter, int(ok), err, *vals) for at, site, meter, ok, err, *vals in rows
         )
 
     def close(self) -> None:

@@ -38,8 +38,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from . import clock
-from .buffer import Buffer
-from .buffer.store import BufferCorrupt, BufferFull, NewReading
+from .buffer import Buffer, NewReading, Space
 from .buffer.writer import Writer
 from .cadence import JUMP_THRESHOLD_S, Cadence, Clock
 from .config import Config, bus_budgets
@@ -56,8 +55,6 @@ log = logging.getLogger(__name__)
 HOUSEKEEPING_EVERY_S = 60.0
 #: A disk-full episode is over (and summed up in the log) after this long without one.
 SPACE_QUIET_S = 60.0
-#: While the buffer is capped after a disk-full error, look this often for free space.
-DISK_CHECK_EVERY_S = 1.0
 #: Words of the warning logged when polling goes on before a reading is committed
 #: (the fault tests look for them).
 SLOW_COMMIT = "readings wait in memory"
@@ -173,16 +170,13 @@ class SpaceLog:
 
     events: int = 0
     dropped: int = 0
-    pending_drops: int = 0  # dropped readings not yet added to the buffer's dropped_total
     last_at: float = 0.0
 
-    def full(self, now: float, what: str, dropped: int = 0, counted: bool = False) -> None:
-        """One event: `dropped` readings lost to it, already in dropped_total if `counted`."""
+    def full(self, now: float, what: str, dropped: int = 0) -> None:
+        """One event: `dropped` readings lost to it (the buffer counts them in dropped_total)."""
         self.events += 1
         self.last_at = now
         self.dropped += dropped
-        if not counted:
-            self.pending_drops += dropped
         if self.events == 1:
             log.warning("buffer %s", what)
         elif self.events in (10, 100) or self.events % 1000 == 0:
@@ -190,8 +184,8 @@ class SpaceLog:
                 "buffer: %d such events so far (%d readings dropped): %s", self.events, self.dropped, what
             )
 
-    def quiet(self, now: float) -> bool:
-        """True once, when an episode ends (no event for SPACE_QUIET_S)."""
+    def quiet(self, now: float) -> None:
+        """Sum the episode up once it ends (no event for SPACE_QUIET_S)."""
         if self.events and now - self.last_at >= SPACE_QUIET_S:
             log.warning(
                 "buffer: no such event for a minute (%d events, %d readings dropped, in dropped_total)",
@@ -199,8 +193,6 @@ class SpaceLog:
                 self.dropped,
             )
             self.events = self.dropped = 0
-            return True
-        return False
 
 
 @dataclass
@@ -256,13 +248,10 @@ class Service:
         self.exit_status = 0
         self.max_bytes = int(config.buffer.max_mb * 1024 * 1024)
         self.buffer = Buffer.open_or_replace(config.buffer.path, config.columns(), max_bytes=self.max_bytes)
+        self.room = Space(self.buffer, self.max_bytes, config.buffer.when_full, clock=self.clock.monotonic)
         self.guard = ClockGuard(self.clock, config.clock.require_sync, self.buffer.newest_trusted_at())
-        if not self.buffer.keep_reserve():
-            log.warning("buffer: no room for its %d-byte disk reserve", self.buffer.reserve_bytes())
-        #: after a disk-full error: the buffer's pages in use may not grow past this (its
-        #: size then), so rows are pruned or dropped per when_full before the file must grow
-        self.disk_cap: int | None = None
-        self._disk_checked = 0.0
+        if not self.room.keep_reserve():
+            log.warning("buffer: no room for its %d-byte disk reserve", self.room.reserve_bytes())
         self.meters: list[Meter] = open_meters(config.meters)
         self.skips = SkipLog()
         self.pollers = [
@@ -287,7 +276,12 @@ class Service:
         #: the main thread's own jobs (housekeeping); each bus has its cadence
         self.cadence = Cadence(clock=self.clock)
         # the writer thread's own SQLite connection is closed by that thread
-        self.writer = Writer(self._store, on_start=self.buffer.db.connect, on_exit=self.buffer.db.close)
+        self.writer = Writer(
+            self._store,
+            on_start=self.buffer.connect,
+            on_exit=self.buffer.disconnect,
+            commit_every_s=config.buffer.commit_every_s,
+        )
         self.syncer = threading.Thread(target=self.worker.run, args=(self.stop,), name="sync")
         self._died: set[str] = set()  # threads whose death is logged already
         self._stalled: set[str] = set()  # buses whose stall is logged already
@@ -338,108 +332,33 @@ class Service:
         self.slow.slow(now, self.writer.pending())
 
     def _store(self, readings: Sequence[NewReading]) -> None:
-        """(On the writer thread.) Commit readings in one transaction; when the buffer is
-        full, prune or drop per `when_full` (counted)."""
-        policy = self.config.buffer.when_full
+        """(On the writer thread.) Commit readings in one transaction; the buffer makes
+        room per `when_full` and counts what it drops; a corrupt file stops the service."""
+        result = self.room.store(readings)
         now = self.clock.monotonic()
-        pruned = self.buffer.dropped_by_prune
-        n = len(readings)
-        what = "reading" if n == 1 else f"{n} readings"
-        try:
-            try:
-                self._check_disk(now)
-                if not self.buffer.has_room(self.max_bytes, policy, self.disk_cap):
-                    self.space.full(
-                        now,
-                        "full: max_mb or the disk, with every row unsent; new readings dropped "
-                        "(when_full = drop_newest)",
-                        dropped=n,
-                    )
-                    self._count_drops()  # count it now, for sync-status
-                    return
-                self.buffer.append_many(readings)
-            except BufferFull as exc:
-                # The disk (not max_mb) is full: use the reserve, prune, retry once; from
-                # now on the buffer is capped at its size, as if max_mb were reached.
-                try:
-                    self.buffer.make_room(policy)
-                    self.disk_cap = self.buffer.db_bytes()
-                    self._disk_checked = now
-                    self.buffer.append_many(readings)
-                except BufferFull:
-                    self.space.full(now, f"full: {exc}; readings dropped until there is room", dropped=n)
-                    return
-                self.space.full(
-                    now,
-                    f"full: {exc}; made room, and the buffer stays at its size until the disk "
-                    f"has room again (when_full = {policy})",
-                    dropped=self.buffer.dropped_by_prune - pruned,
-                    counted=True,
-                )
-                pruned = self.buffer.dropped_by_prune
-        except BufferCorrupt as exc:
-            log.error("%s lost: %s; stopping so that the next start moves it aside", what, exc)
+        if result.corrupt:
+            n = len(readings)
+            what = "reading" if n == 1 else f"{n} readings"
+            log.error("%s lost: %s; stopping so that the next start moves it aside", what, result.corrupt)
             self.exit_status = 1
             self.stop.set()
-            return
-        except EdgelogError as exc:
-            self.space.full(now, f"write failed, {what} lost: {exc}", dropped=n)
-            return
-        if self.buffer.dropped_by_prune > pruned:
-            self.space.full(
-                now,
-                "full: max_mb or the disk, with every row unsent; dropping the oldest unsent "
-                "readings (when_full = drop_oldest)",
-                dropped=self.buffer.dropped_by_prune - pruned,
-                counted=True,
-            )
-        self._count_drops()
-        if self.space.quiet(now):
-            self.buffer.keep_reserve()  # for the next time the disk fills up
-
-    def _check_disk(self, now: float) -> None:
-        """While capped after a disk-full error: lift the cap once the disk has room again."""
-        if self.disk_cap is None or now - self._disk_checked < DISK_CHECK_EVERY_S:
-            return
-        self._disk_checked = now
-        try:
-            free = self.buffer.disk_free()
-        except OSError:
-            return
-        if free >= 2 * self.buffer.reserve_bytes():
-            self.disk_cap = None
-            self.buffer.keep_reserve()
-            log.warning("buffer: the disk has room again (%d bytes free); the buffer may grow", free)
-
-    def _count_drops(self) -> None:
-        """Add the readings dropped so far to the buffer's dropped_total (if it can be written)."""
-        if self.space.pending_drops:
-            try:
-                self.buffer.count_dropped(self.space.pending_drops)
-                self.space.pending_drops = 0
-            except EdgelogError:
-                pass  # counted at the next successful write
+        elif result.full:
+            self.space.full(now, result.full, result.dropped)
+        else:
+            self.space.quiet(now)
 
     def housekeeping(self, after: int = 0) -> None:
         """(On the writer thread.) One step of the prune: the sent rows older than
         keep_sent_days, a chunk of seqs a step, each next step queued behind the readings
         handed over meanwhile (so a big buffer never holds a commit up for long); after
         the last step, the `max_mb` limit."""
-        b = self.config.buffer
-        pruned = self.buffer.dropped_by_prune
+        keep_sent_s = self.config.buffer.keep_sent_days * 86400
         try:
-            _, after_next = self.buffer.prune_old_sent(b.keep_sent_days * 86400, self.clock.wall(), after)
+            after_next, result = self.room.housekeeping(keep_sent_s, self.clock.wall(), after)
             if after_next is not None:
                 self.writer.call(lambda: self.housekeeping(after_next))
-                return
-            self.buffer.fit(self.max_bytes, b.when_full)
-            if self.buffer.dropped_by_prune > pruned:
-                self.space.full(
-                    self.clock.monotonic(),
-                    f"full: over max_mb = {b.max_mb:g}; dropped the oldest unsent readings (drop_oldest)",
-                    dropped=self.buffer.dropped_by_prune - pruned,
-                    counted=True,
-                )
+            elif result.full:
+                self.space.full(self.clock.monotonic(), result.full, result.dropped)
         except EdgelogError as exc:
             log.warning("housekeeping: %s", exc)
         except Exception:
@@ -555,11 +474,4 @@ class Service:
         if self.syncer.is_alive():
             self.syncer.join()
         close_meters(self.meters)
-        if self.space.pending_drops:
-            try:
-                self.buffer.count_dropped(self.space.pending_drops)
-            except EdgelogError as exc:
-                log.error(
-                    "%d dropped readings not counted in dropped_total: %s", self.space.pending_drops, exc
-                )
-        self.buffer.close()
+        self.buffer.close()  # writes what is pending: the sync position, dropped readings

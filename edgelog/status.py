@@ -19,8 +19,8 @@ Warnings (shown, not counted in the exit status): dropped or quarantined rows, a
 clock that is not synchronised, MariaDB unreachable with a young backlog, the
 drain rate being unknown.
 
-The figures come from the buffer (every field of `BufferStatus`, whatever fields
-it gains, plus per-meter queries on the readings table), the disk, a login to
+The figures come from the buffer's read API (every field of `BufferStatus`,
+whatever fields it gains, plus each meter's newest rows), the disk, a login to
 MariaDB and the kernel's clock state. Nothing is written.
 """
 
@@ -36,7 +36,7 @@ from typing import Any
 
 from . import clock, human
 from .buffer import Buffer
-from .clock import utc_text
+from .clock import utc_iso
 from .config import Config, MariaDBConfig, check_private_file, password_line
 from .errors import ConfigError, EdgelogError
 from .sync import MariaDBSink
@@ -47,8 +47,6 @@ from .sync.worker import ERROR_KIND_KEY, SYNC_PATH_KEY
 DEFAULT_MAX_LAG_S = 1800.0
 #: Default of `--max-silence`: a meter without a reading for this many intervals is silent.
 DEFAULT_SILENT_INTERVALS = 10
-#: Meta key the sync worker keeps: rows/s it achieved writing its last non-empty batch.
-SYNC_RATE_KEY = "sync_rate_rows_per_s"
 HOUR_S = 3600.0
 #: The cause of a gap row: its `error` up to the first ": " (meter.py, service.SKIPPED).
 CAUSE_MAX_CHARS = 48
@@ -138,7 +136,7 @@ class Health:
     def to_json(self) -> dict[str, Any]:
         """Every figure, machine-readable: times ISO-8601 UTC, durations in seconds."""
         data: dict[str, Any] = {
-            k: (_iso(v) if k.endswith("_at") and isinstance(v, int | float) else v)
+            k: (utc_iso(v) if k.endswith("_at") and isinstance(v, int | float) else v)
             for k, v in self.buffer.items()
         }
         data.update(
@@ -146,14 +144,14 @@ class Health:
             mariadb_error=self.mariadb_error,
             mariadb_node=self.mariadb_node,
             mariadb_nodes_failed={
-                label: {"error": f.get("error"), "since": _iso(_float_or_none(f.get("at")))}
+                label: {"error": f.get("error"), "since": utc_iso(_float_or_none(f.get("at")))}
                 for label, f in self.mariadb_nodes_failed.items()
             },
             config_problem=self.config_problem,
             state=self.state,
             problems=list(self.problems),
             warnings=list(self.warnings),
-            checked_at=_iso(self.now),
+            checked_at=utc_iso(self.now),
             lag_s=_round(self.lag_s),
             max_lag_s=self.max_lag_s,
             sync_rate_rows_per_s=_round(self.sync_rate),
@@ -168,9 +166,9 @@ class Health:
             meters={
                 m.name: {
                     "interval_s": m.interval_s,
-                    "last_reading_at": _iso(m.last_reading_at),
+                    "last_reading_at": utc_iso(m.last_reading_at),
                     "age_s": _round(m.age_s(self.now)),
-                    "last_poll_at": _iso(m.last_poll_at),
+                    "last_poll_at": utc_iso(m.last_poll_at),
                     "last_poll_error": m.last_poll_error,
                     "polls_last_hour": m.polls_last_hour,
                     "failed_polls_last_hour": m.failed_polls_last_hour,
@@ -182,10 +180,6 @@ class Health:
             },
         )
         return data
-
-
-def _iso(ts: float | None) -> str | None:
-    return None if ts is None else utc_text(ts, iso=True)
 
 
 def _round(x: float | None) -> float | None:
@@ -208,7 +202,7 @@ def evaluate(
         status = buffer.status()
         now = time.time() if now is None else now
         meters = _meters(buffer, cfg, now, silent_intervals)
-        rate = _float_or_none(buffer.get_meta(SYNC_RATE_KEY))
+        rate = buffer.sync_rate()
         sync_path = buffer.get_meta(SYNC_PATH_KEY)
         node, failed = buffer.get_meta(NODE_KEY), parse_failed(buffer.get_meta(NODES_FAILED_KEY))
         recorded_kind = buffer.get_meta(ERROR_KIND_KEY)
@@ -282,16 +276,12 @@ def _float_or_none(text: Any) -> float | None:
 
 
 def _meters(buffer: Buffer, cfg: Config, now: float, silent_intervals: float) -> list[MeterState]:
-    db = buffer.db
     states = {m.name: MeterState(m.name, m.interval_s) for m in cfg.meters}
     # The last hour, newest first by seq (the rowid: no index needed). Enough rows for
     # every configured meter's hour at its interval, twice over.
     expected = sum(HOUR_S / m.interval_s for m in cfg.meters) if cfg.meters else 3600.0
     limit = int(min(2 * expected + 1000, 2_000_000))
-    recent = db.execute_sql(
-        "SELECT meter, measured_at, error FROM readings ORDER BY seq DESC LIMIT ?", (limit,)
-    )
-    for meter, at, error in recent:
+    for meter, at, error in buffer.recent_polls(limit):
         if at < now - HOUR_S or at > now + 60:
             continue
         state = states.setdefault(meter, MeterState(meter, None))
@@ -301,16 +291,11 @@ def _meters(buffer: Buffer, cfg: Config, now: float, silent_intervals: float) ->
             cause = gap_cause(error)
             state.gaps_last_hour[cause] = state.gaps_last_hour.get(cause, 0) + 1
     for name, state in states.items():
-        row = db.execute_sql(
-            "SELECT measured_at FROM readings WHERE meter = ? AND error IS NULL ORDER BY seq DESC LIMIT 1",
-            (name,),
-        ).fetchone()
-        state.last_reading_at = row[0] if row else None
-        row = db.execute_sql(
-            "SELECT measured_at, error FROM readings WHERE meter = ? ORDER BY seq DESC LIMIT 1", (name,)
-        ).fetchone()
-        if row:
-            state.last_poll_at, state.last_poll_error = row
+        good = buffer.newest(name, good_only=True)
+        state.last_reading_at = good.measured_at if good else None
+        last = buffer.newest(name)
+        if last:
+            state.last_poll_at, state.last_poll_error = last.measured_at, last.error
         if state.interval_s:
             age = state.age_s(now)
             state.silent = age is None or age > silent_intervals * state.interval_s
@@ -460,8 +445,6 @@ def render(h: Health, colour: bool = False) -> str:
     losses = [f"{human.count(b.get('dropped_total') or 0)} dropped"]
     quarantine = [(k, v) for k, v in b.items() if _is_quarantine_count(k, v)]
     losses += [f"{_show(k, v, now)} {k.replace('_', ' ')}" for k, v in quarantine]
-    if len(losses) == 1:
-        losses.append("quarantine: n/a")
     lines.append("Losses   " + ", ".join(losses))
     if not h.clock_plausible:
         clk = human.paint("implausible (before 2026)", "red", colour)

@@ -55,20 +55,14 @@ class Tail:
         self.buffer.close()
 
     def _newest(self, meter: str, good_only: bool) -> dict[str, Any] | None:
-        cols = "".join(f', "{c}"' for c in self.columns)
-        where = "meter = ? AND error IS NULL" if good_only else "meter = ?"
-        sql = (
-            f"SELECT measured_at, error, clock_ok{cols} FROM readings WHERE {where} ORDER BY seq DESC LIMIT 1"
-        )
-        row = self.buffer.db.execute_sql(sql, (meter,)).fetchone()
+        row = self.buffer.newest(meter, good_only)
         if row is None:
             return None
-        at, error, ok, *values = row
         return {
-            "at": at,
-            "error": error,
-            "clock_ok": bool(ok),
-            "values": dict(zip(self.columns, values, strict=True)),
+            "at": row.measured_at,
+            "error": row.error,
+            "clock_ok": row.clock_ok,
+            "values": {c: row.values.get(c) for c in self.columns},
         }
 
     def frame(self, now: float | None = None) -> str:

@@ -56,6 +56,7 @@ def test_quick_bench_prints_one_table(quick: tuple[subprocess.CompletedProcess[s
         "4 cadence",
         "5 footprint",
         "6 scaling",
+        "7 wear",
     ):
         assert any(line.startswith(section) for line in lines), section
     assert sum(line.startswith("targets") for line in lines) == len(data["targets"])
@@ -115,6 +116,13 @@ def test_quick_bench_json_keys_and_values(
     assert abs(s["requests_per_poll"] - s["requests_per_poll_planned"]) < 0.05
     assert s["response_to_durable"]["n"] == s["readings"]
     assert _positive(s["rss_mib_steady_median"]) and _positive(s["write_bytes_per_reading"])
+
+    w = r["card_wear"]
+    assert w["exit_status"] == 0 and w["readings"] > 0 and w["failed_polls"] == 0
+    assert w["interval_s"] == 1.0 and w["mariadb_rows"] >= w["readings"]
+    for key in ("write_bytes_per_reading", "checkpoint_bytes_per_reading", "total_bytes_per_reading"):
+        assert _positive(w[key]), key
+    assert w["total_bytes_per_reading"] > w["write_bytes_per_reading"]
 
     assert [row["rows"] for row in r["scaling_n"]] == list(r["plan"]["scaling_n"])
     assert [m["meters"] for m in r["scaling_meters"]] == [1, 8, 32]

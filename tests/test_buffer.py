@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from edgelog.buffer import FIXED_COLUMNS, Buffer
+from edgelog.buffer import FIXED_COLUMNS, Buffer, Space
+from edgelog.buffer.schema import PAGE_SIZE as PAGE
 from edgelog.errors import BufferError
 
 ROOT = Path(__file__).resolve().parent.parent
 COLUMNS = ["voltage_l1", "current_l1", "active_power"]
-PAGE = 4096
 
 
 def values(i: int) -> dict[str, float | None]:
@@ -40,6 +40,11 @@ def sql(path: Path, statement: str, *params: object) -> list[tuple]:
     """Run one statement on a plain sqlite3 connection of its own (behind the Buffer's back)."""
     with closing(sqlite3.connect(path, timeout=10)) as conn, conn:
         return conn.execute(statement, params).fetchall()
+
+
+def prune(buffer: Buffer, keep_sent_s: float, max_bytes: int, now: float) -> int:
+    """Every step of `edgelog run`'s housekeeping at once; returns the rows deleted."""
+    return Space(buffer, max_bytes).prune(keep_sent_s, now)
 
 
 def meta(path: Path, key: str) -> str | None:
@@ -116,7 +121,7 @@ def _corrupt(path: Path, how: str) -> None:
                 f.write(rnd.randbytes(PAGE))
             else:  # zeros over the cells, page headers intact: quick_check reports rows
                 f.seek(page * PAGE + 100)
-                f.write(b"\0" * 3000)
+                f.write(b"\0" * (PAGE * 3 // 4))
 
 
 @pytest.mark.parametrize("how", ["garbage", "zeros"])
@@ -240,7 +245,7 @@ def test_unsent_rows_and_mark_sent(buffer: Buffer) -> None:
 def test_readings_total_survives_pruning(buffer: Buffer) -> None:
     seqs = fill(buffer, 20, start=1000.0)
     buffer.mark_sent(seqs[-1], at=2000.0)
-    deleted = buffer.prune(keep_sent_s=0, max_bytes=1 << 30, now=5000.0)
+    deleted = prune(buffer, 0, 1 << 30, 5000.0)
     assert deleted == 20
     status = buffer.status()
     assert (status.unsent, status.readings_total, status.oldest_unsent_at) == (0, 20, None)
@@ -405,9 +410,10 @@ def test_prune_old_sent_goes_in_short_steps_of_seqs(buffer: Buffer) -> None:
     recent = fill(buffer, 10, start=9000.0)
     unsent = fill(buffer, 5, start=1100.0)  # old, but not sent yet
     buffer.mark_sent(recent[-1])
+    space = Space(buffer, 1 << 30)
     steps, after, deleted = [], 0, 0
     while after is not None:
-        n, after = buffer.prune_old_sent(3600.0, now=10_000.0, after=after, chunk=10)
+        n, after = space.prune_old_sent(3600.0, now=10_000.0, after=after, chunk=10)
         steps.append((n, after))
         deleted += n
     assert deleted == 25
@@ -415,7 +421,7 @@ def test_prune_old_sent_goes_in_short_steps_of_seqs(buffer: Buffer) -> None:
     assert steps == [(10, 10), (10, 20), (5, 30), (0, None)]
     assert [r[0] for r in buffer.unsent(100, after=0)] == recent + unsent
     # a new pass starts at the oldest row left, not at seq 1
-    assert buffer.prune_old_sent(3600.0, now=10_000.0, chunk=10) == (0, None)  # 26..35: one step
+    assert space.prune_old_sent(3600.0, now=10_000.0, chunk=10) == (0, None)  # 26..35: one step
     assert not set(old) & {r[0] for r in buffer.unsent(100, after=0)}
 
 
@@ -424,7 +430,7 @@ def test_prune_deletes_old_sent_rows_only(buffer: Buffer) -> None:
     recent = fill(buffer, 10, start=9000.0)  # measured at 9000..9009
     old_unsent = fill(buffer, 5, start=1100.0)  # old, but not sent yet
     buffer.mark_sent(recent[-1])
-    deleted = buffer.prune(keep_sent_s=3600.0, max_bytes=1 << 30, now=10_000.0)
+    deleted = prune(buffer, 3600.0, 1 << 30, 10_000.0)
     assert deleted == 10
     left = [r[0] for r in buffer.unsent(100, after=0)]
     assert left == recent + old_unsent
@@ -461,7 +467,7 @@ def test_prune_over_max_bytes_drops_sent_first_then_oldest_unsent(
     # Over the limit by more than 1000 rows but less than all sent rows: only sent rows go.
     max_bytes = after_sent + PAGE // 2
     assert after_1000 > max_bytes
-    deleted = buffer.prune(keep_sent_s=1e12, max_bytes=max_bytes, now=2_000_000.0)
+    deleted = prune(buffer, 1e12, max_bytes, 2_000_000.0)
     assert 1000 < deleted <= 1500  # about as many rows as the excess: sent ones only
     sent_left = 1500 - deleted
     status = buffer.status()
@@ -472,7 +478,7 @@ def test_prune_over_max_bytes_drops_sent_first_then_oldest_unsent(
 
     # Far over the limit with nothing sent left: the oldest unsent rows are dropped, counted.
     max_bytes = after_sent // 3
-    deleted = buffer.prune(keep_sent_s=1e12, max_bytes=max_bytes, now=2_000_000.0)
+    deleted = prune(buffer, 1e12, max_bytes, 2_000_000.0)
     left = [r[0] for r in buffer.unsent(10_000)]
     status = buffer.status()
     assert 0 < len(left) < 4500
@@ -494,7 +500,7 @@ def test_prune_does_not_drop_rows_for_the_wal(buffer: Buffer, path: Path) -> Non
     assert wal > 2 * data
     max_bytes = data + 2 * PAGE
     assert buffer.size_bytes() > max_bytes
-    assert buffer.prune(keep_sent_s=0, max_bytes=max_bytes, now=5000.0) == 0
+    assert prune(buffer, 0, max_bytes, 5000.0) == 0
     status = buffer.status()
     assert (status.unsent, status.dropped_total) == (200, 0)
     assert status.size_bytes <= max_bytes

@@ -18,7 +18,7 @@ import pytest
 from conftest import ROOT, edgelog
 
 from edgelog import config
-from edgelog.buffer import Buffer
+from edgelog.buffer import Buffer, Space
 from edgelog.cli import build_parser
 from edgelog.errors import ConfigError
 from edgelog.profiles import PAC3100, Register
@@ -521,6 +521,7 @@ def test_a_group_readable_password_file_is_refused_too(tmp_path: Path) -> None:
 BOUNDS = [
     ("buffer", "max_mb", 0.5, 1_000_000),
     ("buffer", "keep_sent_days", 0, 3650),
+    ("buffer", "commit_every_s", 0, 60),
     ("mariadb", "port", 1, 65535),
     ("mariadb", "batch_size", 1, 100_000),
     ("mariadb", "connect_timeout_s", 0.1, 3600),
@@ -598,13 +599,14 @@ def test_the_smallest_max_mb_holds_the_wal_the_reserve_and_a_few_rows(tmp_path: 
     """MIN_MAX_MB is no guess: a buffer that small takes rows without dropping any."""
     max_bytes = int(config.MIN_MAX_MB * 1024 * 1024)
     buffer = Buffer(tmp_path / "b.sqlite3", [r.name for r in PAC3100.registers], max_bytes=max_bytes)
+    space = Space(buffer, max_bytes)
     try:
-        assert buffer.reserve_bytes() < max_bytes
+        assert space.reserve_bytes() < max_bytes
         for k in range(5):
-            assert buffer.has_room(max_bytes)
+            assert space.has_room()
             buffer.append("pac1", 1_790_000_000.0 + k, {r.name: 230.0 for r in PAC3100.registers})
-        assert buffer.readings_total() == 5 and buffer.dropped_by_prune == 0
-        assert buffer.size_bytes() + buffer.reserve_bytes() <= max_bytes
+        assert buffer.readings_total() == 5 and buffer.status().dropped_total == 0
+        assert buffer.size_bytes() + space.reserve_bytes() <= max_bytes
     finally:
         buffer.close()
 

@@ -200,7 +200,7 @@ def test_memory_stays_flat_whatever_the_range(tmp_path: Path, logger_db: LoggerD
     _fill_mariadb(logger_db, n, start)
     # the same rows in a buffer file, inserted in bulk through the buffer's own model
     buffer = Buffer(tmp_path / "buffer.sqlite3", COLUMNS)
-    fields = buffer.Reading._meta.columns
+    fields = buffer.tables.Reading._meta.columns
     template = plant_values(start)
     with buffer.db.atomic():
         for first in range(0, n, 2000):
@@ -209,7 +209,7 @@ def test_memory_stays_flat_whatever_the_range(tmp_path: Path, logger_db: LoggerD
                 | {fields[c].name: template[c] + k * 1e-3 for c in COLUMNS}
                 for k in range(first, min(n, first + 2000))
             ]
-            buffer.Reading.insert_many(batch).execute()
+            buffer.tables.Reading.insert_many(batch).execute()
     buffer.close()
     config = write_config(tmp_path, logger_db.toml(), meter_toml(5020, profile="pac3100-energia"))
     cfg = config_mod.load(config)

@@ -144,7 +144,7 @@ def test_time_to_drain_at_the_rate_the_worker_recorded(
     assert "time to drain unknown" in edgelog("sync-status", "--max-silence", "1e9", config=back).stdout
 
     buffer = Buffer(tmp_path / "buffer.sqlite3", create=False)
-    buffer.set_meta(status.SYNC_RATE_KEY, "105.0")  # what the worker records after a batch
+    buffer.mark_sent(buffer.sent_upto, rate=105.0)  # what the worker records after a batch
     buffer.close()
     _, known = sync_status(back, "--max-silence", "1e9")
     unsent = known["unsent"]

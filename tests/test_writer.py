@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -126,3 +127,29 @@ def test_a_full_queue_makes_the_poll_thread_wait(tmp_path: Path) -> None:
     poller.join(10)
     writer.stop()
     assert stored == [reading(i).measured_at for i in range(4)]
+
+
+def test_commit_every_s_commits_a_group_of_readings_at_once(tmp_path: Path) -> None:
+    """`[buffer] commit_every_s`: readings handed over within the period are committed
+    together, in order, one transaction; the poll thread never waits for the group's
+    commit (`done` at hand-over); a stop commits the group being collected."""
+    buffer = Buffer(tmp_path / "b.sqlite3", ["u_l1_n"])
+    calls: list[int] = []
+
+    def store(readings: Sequence[NewReading]) -> None:
+        calls.append(len(readings))
+        buffer.append_many(readings)
+
+    writer = Writer(store, on_exit=buffer.disconnect, commit_every_s=0.5)
+    writer.start()
+    first = [writer.put(reading(i)) for i in range(5)]
+    assert all(h.done.is_set() for h in first)
+    deadline = time.monotonic() + 10
+    while not calls and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert calls == [5]  # one commit for the five, once the period was over
+    last = [writer.put(reading(i)) for i in range(5, 8)]
+    writer.stop()  # well within the next period: the stop commits them
+    assert calls == [5, 3] and all(h.done.is_set() for h in last)
+    assert [r[2] for r in buffer.unsent(10)] == [reading(i).measured_at for i in range(8)]
+    buffer.close()

@@ -20,14 +20,24 @@ a step that calls `call()` for the next one has it run after the readings
 handed over meanwhile, so no task holds a commit up for long. At most `max_pending` items
 wait: past that the poll thread blocks (back-pressure), and a disk that hangs
 for good stops the cadence and so the systemd watchdog pings.
+
+Groups (``[buffer] commit_every_s``, for sites sampling faster than 1 Hz): the
+writer keeps the readings handed over for up to `commit_every_s` seconds and
+commits them together, one fsync for the group instead of one per reading. A
+power cut then loses the readings of the group being collected: up to
+`commit_every_s` seconds of them (docs/guarantees.md). The poll thread never
+waits for a group's commit (`Handoff.done` is set when the reading is handed
+over). A task (housekeeping) or a stop commits the group first.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -41,7 +51,8 @@ MAX_PENDING = 600
 
 @dataclass(eq=False)
 class Handoff:
-    """A reading on its way to the buffer; `done` is set once it is committed (or dropped)."""
+    """A reading on its way to the buffer; `done` is set once it is committed (or dropped),
+    or at once when readings are committed in groups (the poll thread need not wait)."""
 
     reading: NewReading
     done: threading.Event = field(default_factory=threading.Event)
@@ -57,8 +68,10 @@ class Writer:
         max_pending: int = MAX_PENDING,
         on_start: Callable[[], object] | None = None,
         on_exit: Callable[[], object] | None = None,
+        commit_every_s: float = 0.0,
     ):
         self._store = store
+        self.commit_every_s = commit_every_s
         self._on_start = on_start
         self._on_exit = on_exit
         self._queue: queue.Queue[Handoff | Callable[[], object] | None] = queue.Queue(max_pending)
@@ -81,6 +94,8 @@ class Writer:
 
     def put(self, reading: NewReading) -> Handoff:
         handoff = Handoff(reading)
+        if self.commit_every_s:
+            handoff.done.set()
         self._queue.put(handoff)  # blocks only with max_pending items waiting
         return handoff
 
@@ -102,40 +117,58 @@ class Writer:
         if self._on_start is not None:
             self._guarded(self._on_start)
         ready.set()
+        group: list[Handoff] = []
+        due = 0.0  # with commit_every_s: when the group is committed (monotonic)
         try:
             running = True
             while running:
-                items = [] if self._later else [self._queue.get()]
-                while True:
-                    try:
-                        items.append(self._queue.get_nowait())
-                    except queue.Empty:
-                        break
-                group: list[Handoff] = []
-                for item in items:
+                if self._later:
+                    timeout: float | None = 0.0
+                elif group:
+                    timeout = max(0.0, due - time.monotonic())
+                else:
+                    timeout = None
+                for item in self._items(timeout):
                     if isinstance(item, Handoff):
+                        if not group:
+                            due = time.monotonic() + self.commit_every_s
                         group.append(item)
                         continue
-                    self._flush(group)
-                    group = []
+                    group = self._flush(group)
                     if item is None:
                         running = False
                         break
                     self._guarded(item)
-                self._flush(group)
+                if not running or time.monotonic() >= due:
+                    group = self._flush(group)
                 if running and self._later and self._queue.empty():
+                    group = self._flush(group)
                     self._guarded(self._later.popleft())
         finally:
             if self._on_exit is not None:
                 self._guarded(self._on_exit)
 
-    def _flush(self, group: list[Handoff]) -> None:
+    def _items(self, timeout: float | None) -> list[Handoff | Callable[[], object] | None]:
+        """What waits in the queue; first waiting up to `timeout` (None: for ever) for one."""
+        items = []
+        if timeout is None or timeout > 0:
+            with contextlib.suppress(queue.Empty):
+                items.append(self._queue.get(timeout=timeout))
+        while True:
+            try:
+                items.append(self._queue.get_nowait())
+            except queue.Empty:
+                return items
+
+    def _flush(self, group: list[Handoff]) -> list[Handoff]:
+        """Store `group` (if any); returns the next, empty group."""
         if group:
             try:
                 self._guarded(lambda: self._store([h.reading for h in group]))
             finally:
                 for handoff in group:
                     handoff.done.set()
+        return []
 
     @staticmethod
     def _guarded(task: Callable[[], object]) -> None:

@@ -380,8 +380,7 @@ class SyncWorker:
         if kind == self._error_kind:
             return
         try:
-            with self.buffer.db.atomic():
-                self.buffer.set_meta(ERROR_KIND_KEY, kind)
+            self.buffer.set_meta(ERROR_KIND_KEY, kind)
         except Exception as exc:  # the buffer unwritable now: as for last_error, try next time
             raise EdgelogError(f"cannot record the error kind: {exc}") from None
         self._error_kind = kind

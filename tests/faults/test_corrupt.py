@@ -33,18 +33,33 @@ from .kit import (
 )
 from .test_buffer_full import prefill
 
-PAGE = 4096
+
+def page_size(path: Path) -> int:
+    """The page size in the SQLite file header (big-endian at offset 16; 1 means 65536)."""
+    with path.open("rb") as f:
+        f.seek(16)
+        size = int.from_bytes(f.read(2), "big")
+    return 65536 if size == 1 else size
+
+
+#: The first byte of a table b-tree leaf page (the pages that hold the rows).
+LEAF = 13
 
 
 def corrupt_middle_pages(path: Path) -> None:
-    """Zeros over the cells of the middle third of the pages (headers intact), as in
-    tests/test_buffer.py: quick_check reports the lost rows."""
-    pages = path.stat().st_size // PAGE
+    """Zeros over the cells of the middle third of the leaf pages (headers intact), as in
+    tests/test_buffer.py: quick_check reports the lost rows. Leaves only: a zeroed
+    interior page loses its whole subtree, and `.dump` then ends in ROLLBACK."""
+    page_bytes = page_size(path)
+    pages = path.stat().st_size // page_bytes
     assert pages >= 12
     with path.open("r+b") as f:
         for page in range(pages // 3, 2 * pages // 3):
-            f.seek(page * PAGE + 100)
-            f.write(b"\0" * 3000)
+            f.seek(page * page_bytes)
+            if f.read(1) != bytes([LEAF]):
+                continue
+            f.seek(page * page_bytes + 100)
+            f.write(b"\0" * (page_bytes * 3 // 4))
 
 
 def test_a_corrupt_buffer_is_moved_aside_logging_goes_on_and_identities_stay_unique(
@@ -129,7 +144,7 @@ def test_a_corrupt_buffer_is_moved_aside_logging_goes_on_and_identities_stay_uni
 
 def test_corrupt_file_names_never_overwrite(tmp_path: Path) -> None:
     """Two corrupt buffers in the same second get two names."""
-    from edgelog.buffer.store import corrupt_name
+    from edgelog.buffer.corrupt import corrupt_name
 
     path = tmp_path / "buffer.sqlite3"
     first = corrupt_name(path, 1_800_000_000.0)
