@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 from conftest import wait_for
 
-from edgelog.service import SLOW_COMMIT
+from edgelog.poller import SLOW_COMMIT
 
 from .kit import (
     assert_exactly_once,
