@@ -27,8 +27,8 @@ log = logging.getLogger(__name__)
 #: Buffer meta key of the clock steps `edgelog run` saw (JSON: count, last_at,
 #: last_step_s), for sync-status, which runs in another process.
 CLOCK_STEPS_KEY = "clock_steps"
-#: Every grid job (one per meter) sees a step of the clock: the ones seen within this
-#: many seconds (monotonic) of the first are that same step.
+#: Every grid job (one per meter) sees a step of the clock: steps of about the same size
+#: (within JUMP_THRESHOLD_S) seen within this many seconds (monotonic) are that same step.
 STEP_WINDOW_S = 10.0
 
 
@@ -132,16 +132,17 @@ class ClockSteps:
         self.buffer = buffer
         self.record = StepRecord.from_json(buffer.get_meta(CLOCK_STEPS_KEY))
         self._run_on_writer = run_on_writer
-        self._seen_mono: float | None = None
+        self._seen: tuple[float, float] | None = None  # (monotonic, size) of the last step seen
         self._lock = threading.Lock()  # every bus thread's cadence reports
 
     def seen(self, step_s: float) -> None:
         """A grid job saw the clock step by `step_s` seconds (the cadence's `on_jump`)."""
         mono = self.clock.monotonic()
         with self._lock:
-            if self._seen_mono is not None and mono - self._seen_mono < STEP_WINDOW_S:
+            last = self._seen
+            if last and mono - last[0] < STEP_WINDOW_S and abs(step_s - last[1]) <= JUMP_THRESHOLD_S:
                 return  # the same step, seen by another job
-            self._seen_mono = mono
+            self._seen = (mono, step_s)
             self.record = StepRecord(self.record.count + 1, self.clock.wall(), round(step_s, 3))
             text = self.record.to_json()
         self._run_on_writer(lambda: self._write(text))

@@ -241,6 +241,13 @@ def ensure_tables(sink: Any) -> Layout:
     return sink.transaction(work)
 
 
+def missing_tables(sink: Any) -> list[str]:
+    """The aggregate tables of the sink's readings table that MariaDB does not have."""
+    database, table = sink.config.database, sink.config.table
+    names = [table_name(table, suffix) for suffix, _ in PERIODS]
+    return sink.transaction(lambda cur: [name for name in names if not live_columns(cur, database, name)])
+
+
 # -- what is pending ------------------------------------------------------------------------
 
 
