@@ -39,9 +39,7 @@ from .meter import close_meters, open_meters
 from .notify import Notifier
 from .poller import BusPoller, SlowCommits
 from .supervisor import Supervisor
-from .sync import MariaDBSink, SyncWorker
-from .sync.aggregates import Aggregates
-from .sync.schema import config_types
+from .sync import mariadb_worker
 
 log = logging.getLogger(__name__)
 
@@ -80,15 +78,7 @@ class Service:
             for budget in bus_budgets(config.meters)
         ]
         # the sync worker, on a thread of its own
-        self.sink = MariaDBSink(config.mariadb, config.site, types=config_types(config))
-        self.worker = SyncWorker(
-            self.buffer,
-            self.sink,
-            config.columns(),
-            config.mariadb.batch_size,
-            config.sync,
-            aggregates=Aggregates(self.sink, self.buffer) if config.mariadb.aggregates else None,
-        )
+        self.worker = mariadb_worker(config, self.buffer)
         self.syncer = threading.Thread(target=self.worker.run, args=(self.stop,), name="sync")
         # the main thread: housekeeping on its own grid, and the supervision
         self.cadence = Cadence(clock=self.clock)
