@@ -37,7 +37,7 @@ from helpers import (
     wait_for,
 )
 
-from edgelog.service import SLOW_COMMIT
+from edgelog.poller import SLOW_COMMIT
 
 LIB = faketime_library()
 pytestmark = pytest.mark.skipif(
@@ -163,6 +163,9 @@ def test_clock_jumps_back_3h_and_forward_lose_nothing_flag_bad_readings_and_keep
     assert_steady(polls.between(forward_at, end_at), forward_at, end_at)
     # logged once per episode (and each process start with a bad clock is one)
     assert len(logger.lines("clock not trusted")) == 2
+    # sync-status counts the two steps `run` saw: 3 h back (before the kill), 3 h forward
+    data = logger.status()  # `edgelog sync-status --json`
+    assert data["clock_steps"] == 2 and abs(data["last_clock_step_s"] - BACK_S) < 5, data
     assert len(logger.lines("clock trusted again")) == 1
     assert any("clock stepped by -10800" in line for line in logger.lines("clock stepped"))
     assert any("clock stepped by +10800" in line for line in logger.lines("clock stepped"))

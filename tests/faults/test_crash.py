@@ -44,7 +44,7 @@ from helpers import (
     wait_for,
 )
 
-from edgelog.service import SLOW_COMMIT
+from edgelog.poller import SLOW_COMMIT
 
 KILLS = int(os.environ.get("SOAK_KILLS") or 15)  # stop after this many kills ...
 SECONDS = float(os.environ.get("SOAK_SECONDS") or 0)  # ... or (> 0) after this long

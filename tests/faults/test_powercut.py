@@ -63,7 +63,7 @@ from helpers import (
 )
 from powercut.fs import PowerCutFS, missing, mounted
 
-from edgelog.service import SLOW_COMMIT
+from edgelog.poller import SLOW_COMMIT
 
 pytestmark = pytest.mark.skipif(missing() is not None, reason=missing() or "")
 

@@ -25,7 +25,7 @@ from helpers import (
     wait_for,
 )
 
-from edgelog.service import SLOW_COMMIT
+from edgelog.poller import SLOW_COMMIT
 
 INTERVAL = 0.2
 STALL_S = 1.5
