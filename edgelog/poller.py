@@ -10,7 +10,9 @@ a poll, which the config's time budget keeps within the shortest interval.
 The thread notes its progress (`beat`) at every turn of its loop, before every
 poll and while a poll waits for its commit; `stalled_s()` tells the supervisor
 (the service's main thread, which pings the systemd watchdog) how long it has
-been stuck beyond what a poll may take.
+been stuck beyond what a poll may take. Before each poll it notes what the poll is
+for (`polling`: its grid instant and start), which the reading carries to the
+buffer writer for the timings log (`edgelog/timings.py`).
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ import logging
 import threading
 from collections.abc import Callable
 
-from .cadence import Cadence, Clock
+from .cadence import Cadence, Clock, GridJob
 from .config import BusBudget
 from .meter import Meter
+from .timings import Polled
 
 log = logging.getLogger(__name__)
 
@@ -51,15 +54,25 @@ class BusPoller:
         #: past its deadline when bytes trickle in
         requests = max(len(m.plan) for m in meters)
         self.poll_limit_s = 2 * requests * budget.timeout_s * (1 + budget.retries)
+        self._jobs: dict[str, GridJob] = {}
         self.cadence = Cadence(clock=clock)
+        self._poll = poll
         for meter in meters:
-            self.cadence.every(
+            job = self.cadence.every(
                 meter.config.interval_s,
-                lambda m=meter: poll(m, self),
+                lambda m=meter: self._run_poll(m),
                 on_missed=lambda slots, m=meter: missed(m, slots),
             )
+            self._jobs[meter.name] = job
+        #: the poll running now (or last): its grid instant and start, on this bus's thread
+        self.polling: Polled | None = None
         self._beat = clock.monotonic()
         self.thread: threading.Thread | None = None
+
+    def _run_poll(self, meter: Meter) -> object:
+        """(On the thread.) Note what this poll is for, then poll."""
+        self.polling = Polled(self._jobs[meter.name].due_at, self.clock.wall())
+        return self._poll(meter, self)
 
     def start(self, stop: threading.Event) -> None:
         """Start the thread; it returns soon after `stop` is set (a poll in flight finishes)."""

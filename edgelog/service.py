@@ -314,7 +314,7 @@ class Service:
         self.skips.add(meter.name, len(slots))
 
     def _hand_over(self, new: NewReading, interval_s: float, started: float, bus: BusPoller) -> None:
-        handoff = self.writer.put(new)
+        handoff = self.writer.put(new, bus.polling)
         bus.beat()
         now = self.clock.monotonic()
         # Wait until a little before the bus's next poll is due (its cadence schedules the

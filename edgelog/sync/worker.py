@@ -26,6 +26,9 @@ refused like any other row (and so, in time, quarantined).
 Aggregate tables (`aggregates.Aggregates`, `[mariadb] aggregates`): each batch is
 noted before it is written, and the minutes it touched are summarised once per
 drain round, after the rows are committed; a failure there never fails the sync.
+
+With ``$EDGELOG_TIMINGS`` set (`edgelog/timings.py`), each move of the position and
+each drain is noted in that log.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from typing import Any
 from ..buffer import Buffer
 from ..config import SyncConfig
 from ..errors import ConfigError, EdgelogError, SinkRejected, SinkTooLarge, SinkUnavailable
+from ..timings import Timings, from_env
 from .aggregates import NoAggregates
 from .fit import BatchFit
 from .nodes import NODE_KEY, NODES_FAILED_KEY
@@ -69,6 +73,7 @@ class SyncWorker:
         config: SyncConfig | None = None,
         clock: Callable[[], float] = time.time,
         aggregates: NoAggregates | None = None,
+        timings: Timings | None = None,
     ):
         self.buffer = buffer
         self.sink = sink
@@ -78,6 +83,7 @@ class SyncWorker:
         self.clock = clock
         #: the aggregate tables: told of each batch before it is written, updated after each drain
         self.aggregates = aggregates or NoAggregates()
+        self.timings = from_env() if timings is None else timings
         self.failures = 0
         self.rejections: dict[int, int] = {}  # seq -> rounds in which the sink refused it
         self._counted = False  # the last round counted a refusal (progress towards quarantine)
@@ -175,6 +181,8 @@ class SyncWorker:
                     rate = accepted / max(time.monotonic() - started, 1e-6)
                     batch = (part[0][0], len(part))
                     self.buffer.mark_sent(part[-1][0], at=self.clock(), rate=rate, batch=batch)
+                    if self.timings.on:
+                        self.timings.sent(part[-1][0], len(part))
 
             def on_rejected(row: Row, reason: str) -> None:
                 if not refused:  # nothing after it is written before the hold is recorded
@@ -238,6 +246,7 @@ class SyncWorker:
         With `retry_rejected`, a refused row is tried again at once (up to quarantine);
         without, the SinkRejected propagates so the caller can back off first."""
         total = 0
+        started = time.time()
         try:
             while not should_stop():
                 try:
@@ -258,6 +267,8 @@ class SyncWorker:
             self.aggregates.flush()
         self.buffer.record_sync_error(None, at=self.clock())
         self._record_kind(None)
+        if self.timings.on:
+            self.timings.drain(started, total)
         return total
 
     def _too_large(self, n_rows: int, exc: SinkTooLarge) -> None:
