@@ -29,8 +29,9 @@ Cost: off, one attribute test per commit and per sync batch (and a clock read pe
 poll, for ``poll``). On, a line written per event, never fsync()ed. The file counts
 in the process's ``/proc/<pid>/io`` ``write_bytes`` unless it is on a tmpfs: put it
 on one (/run, /dev/shm) while measuring what the buffer writes. It is opened
-append-only, mode 0600, and never through a symlink; if it cannot be opened, one
-warning is logged and the timings stay off: a measuring aid never stops a logger.
+append-only, mode 0600, never through a symlink, and only if it is a regular file;
+if it cannot be, one warning is logged and the timings stay off: a measuring aid
+never stops a logger. It holds times, meter names and row counts, nothing else.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import functools
 import json
 import logging
 import os
+import stat
 import threading
 import time
 from typing import Any, NamedTuple, TextIO
@@ -112,11 +114,17 @@ class Timings:
 
 
 def _open(path: str) -> TextIO | None:
-    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+    """The file, opened for appending; None (and a warning) if it cannot be, or is not a
+    regular file (O_NONBLOCK: a FIFO planted there fails at once instead of hanging)."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
     try:
         fd = os.open(path, flags, 0o600)
     except OSError as exc:
         log.warning("%s=%s: cannot open it: %s; timings off", ENV_VAR, path, exc.strerror)
+        return None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        log.warning("%s=%s: not a regular file; timings off", ENV_VAR, path)
         return None
     return os.fdopen(fd, "a", buffering=1, encoding="utf-8")  # line-buffered: a write per line
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,16 @@ def test_off_by_default_and_never_through_a_symlink(
     assert f"{ENV_VAR}={tmp_path / 'link'}: cannot open it" in caplog.text
     timings.reading("pac1", None, 1.0, False)  # off: nothing written, nothing raised
     assert not target.exists()
+
+
+def test_never_into_a_fifo_or_a_device(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with caplog.at_level(logging.WARNING):
+        assert not Timings(fifo).on  # no reader: fails at once, does not hang the logger
+        assert not Timings("/dev/null").on
+    assert f"{ENV_VAR}={fifo}: cannot open it" in caplog.text
+    assert f"{ENV_VAR}=/dev/null: not a regular file" in caplog.text
 
 
 def test_edgelog_run_writes_the_timings_log(tmp_path: Path, simulator, logger_db) -> None:
