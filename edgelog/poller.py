@@ -12,7 +12,8 @@ poll and while a poll waits for its commit; `stalled_s()` tells the supervisor
 (the service's main thread, which pings the systemd watchdog) how long it has
 been stuck beyond what a poll may take. Before each poll it notes what the poll is
 for (`polling`: its grid instant and start), which the reading carries to the
-buffer writer for the timings log (`edgelog/timings.py`).
+buffer writer for the timings log (`edgelog/timings.py`); when the thread ends,
+the cadence's counters go to that log too.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from collections.abc import Callable
 from .cadence import Cadence, Clock, GridJob
 from .config import BusBudget
 from .meter import Meter
-from .timings import Polled
+from .timings import Polled, from_env
 
 log = logging.getLogger(__name__)
 
@@ -78,12 +79,23 @@ class BusPoller:
         """Start the thread; it returns soon after `stop` is set (a poll in flight finishes)."""
         self._beat = self.clock.monotonic()
         self.thread = threading.Thread(
-            target=self.cadence.run,
-            args=(stop, MAX_SLEEP_S, self.beat),
+            target=self._run,
+            args=(stop,),
             name=f"bus {self.label}",
             daemon=True,  # a poll hung for good must not keep the process from exiting
         )
         self.thread.start()
+
+    def _run(self, stop: threading.Event) -> None:
+        """(The thread.) The cadence until `stop`; then its counters to the timings log."""
+        try:
+            self.cadence.run(stop, MAX_SLEEP_S, self.beat)
+        finally:
+            timings = from_env()
+            if timings.on:
+                for name, job in self._jobs.items():
+                    stats = job.stats
+                    timings.cadence(name, job.interval_s, stats.runs, stats.missed, stats.clock_jumps)
 
     def is_alive(self) -> bool:
         return self.thread is not None and self.thread.is_alive()

@@ -18,8 +18,12 @@ The process then appends one JSON object a line, each line flushed as it is writ
   housekeeping step), which holds the commits handed over meanwhile.
 * ``{"ev": "sent", "upto", "rows", "at"}``: the sync position moved to seq ``upto``
   after the destination committed ``rows`` rows.
-* ``{"ev": "drain", "start", "end", "sent"}``: one drain (`edgelog sync --drain`, or a
-  round of `edgelog run`'s sync thread) and the rows it sent.
+* ``{"ev": "drain", "start", "end", "sent", "sink"}``: one drain (`edgelog sync
+  --drain`, or a round of `edgelog run`'s sync thread), the rows it sent, and the
+  destination's counts of statements by path so far (`MariaDBSink.stats`; null
+  for a destination without them).
+* ``{"ev": "cadence", "meter", "interval_s", "runs", "missed", "clock_jumps", "at"}``:
+  a meter's grid counters (`cadence.GridStats`), when its bus thread ends.
 
 Times are seconds since the epoch on the wall clock (`time.time()`), the clock of
 ``measured_at`` and of the sampling grid, with microseconds: differences are
@@ -88,9 +92,14 @@ class Timings:
         """The sync position moved to `upto` just now."""
         self._line({"ev": "sent", "upto": upto, "rows": rows}, "at")
 
-    def drain(self, start: float, sent: int) -> None:
+    def drain(self, start: float, sent: int, sink: dict[str, int] | None = None) -> None:
         """A drain that started at `start` and sent `sent` rows ended just now."""
-        self._line({"ev": "drain", "start": start, "sent": sent}, "end")
+        self._line({"ev": "drain", "start": start, "sent": sent, "sink": sink}, "end")
+
+    def cadence(self, meter: str, interval_s: float, runs: int, missed: int, clock_jumps: int) -> None:
+        """The grid counters of `meter`, whose bus thread ends now."""
+        counters = {"runs": runs, "missed": missed, "clock_jumps": clock_jumps}
+        self._line({"ev": "cadence", "meter": meter, "interval_s": interval_s, **counters}, "at")
 
     def close(self) -> None:
         with self._lock:

@@ -105,3 +105,8 @@ def test_edgelog_run_writes_the_timings_log(tmp_path: Path, simulator, logger_db
     drains = [r for r in records if r["ev"] == "drain"]
     assert drains and all(d["start"] <= d["end"] for d in drains)
     assert sum(d["sent"] for d in drains) <= sum(s["rows"] for s in sent)
+    statements = drains[-1]["sink"]  # the destination's statements by path, so far
+    assert set(statements) == {"binary", "text", "binary_fallback"} and sum(statements.values()) >= 2
+    (cadence,) = [r for r in records if r["ev"] == "cadence"]  # one meter, written at stop
+    assert (cadence["meter"], cadence["interval_s"]) == ("pac1", interval)
+    assert cadence["runs"] >= len(readings) - 1 and cadence["missed"] >= 0 and cadence["clock_jumps"] == 0

@@ -268,7 +268,8 @@ class SyncWorker:
         self.buffer.record_sync_error(None, at=self.clock())
         self._record_kind(None)
         if self.timings.on:
-            self.timings.drain(started, total)
+            stats = getattr(self.sink, "stats", None)
+            self.timings.drain(started, total, dict(stats) if isinstance(stats, dict) else None)
         return total
 
     def _too_large(self, n_rows: int, exc: SinkTooLarge) -> None:
