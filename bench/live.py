@@ -70,6 +70,8 @@ def live_drain(bench: Bench) -> dict[str, Any]:
         "housekeeping_passes": [{"at_s": round(a - t0, 3), "seconds": round(b - a, 3)} for a, b in log.tasks],
         "missed_whole_run": missed([x.slot for x in live]),
         "skipped_rows": log.skipped,
+        "cadence_counters": log.cadence,
+        "sink_stats": log.sink_stats,
         "grid_to_durable_during_drain": stats_ms([x.grid_to_durable for x in window]),
         "response_to_durable_during_drain": stats_ms([x.response_to_durable for x in window]),
         "within_one_interval": all(within),

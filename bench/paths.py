@@ -144,31 +144,35 @@ def breakdown(bench: Bench, built: BuiltBuffer, variant: str) -> dict[str, Any]:
     result = inprocess_drain(bench, built, variant, profiler)
     stats = pstats.Stats(profiler)
     steps: dict[str, float] = {}
+    calls: dict[str, int] = {}
     for suffix, function, label in STEPS[variant] + COMMON_STEPS:
-        seconds = _cumulative(stats, suffix, function)
-        if seconds is not None:
-            steps[label] = round(seconds, 3)
+        found = _cumulative(stats, suffix, function)
+        if found is not None:
+            steps[label], calls[label] = round(found[0], 3), found[1]
     if variant == "v0.1":
         outer = steps.get("executemany (format + send + wait)", 0.0)
         inner = steps.get("sending INSERTs + waiting for MariaDB", 0.0)
         steps["formatting values (PyMySQL escaping, in executemany)"] = round(outer - inner, 3)
+    result["steps_cpu_s"] = {}
     if result["read_ahead_cpu_s"] is not None:
-        steps[READ_AHEAD] = round(result["read_ahead_cpu_s"], 3)
+        steps[READ_AHEAD] = result["steps_cpu_s"][READ_AHEAD] = round(result["read_ahead_cpu_s"], 3)
     result["steps_wall_s"] = dict(sorted(steps.items(), key=lambda kv: -kv[1]))
+    result["calls"] = calls
     out = io.StringIO()
     pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(14)
     result["cprofile_top"] = _trim_pstats(out.getvalue())
     return result
 
 
-def _cumulative(stats: pstats.Stats, suffix: str, function: str) -> float | None:
-    """Cumulative seconds of the function `function` defined in a file ending in `suffix`."""
+def _cumulative(stats: pstats.Stats, suffix: str, function: str) -> tuple[float, int] | None:
+    """Cumulative seconds and calls of the function `function` defined in a file ending in
+    `suffix` (None: never called)."""
     found = [
-        row[3]
+        (row[3], row[1])
         for (filename, _line, name), row in stats.stats.items()  # type: ignore[attr-defined]
         if name == function and filename.endswith(suffix)
     ]
-    return sum(found) if found else None
+    return (sum(x[0] for x in found), sum(x[1] for x in found)) if found else None
 
 
 def _thread_cpu(prefix: str) -> float | None:

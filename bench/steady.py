@@ -79,6 +79,7 @@ def steady(bench: Bench) -> dict[str, Any]:
         "missed": missed([x.slot for x in live]),
         "missed_by_cause": gap_causes(live, run.log.tasks, interval),
         "skipped_rows": run.log.skipped,
+        "cadence_counters": run.log.cadence,
         "timestamp_error": stats_ms(errors),
         "poll_start_late": stats_ms(late),
         "drift_ms_first_to_last": drift["first_to_last_ms"],

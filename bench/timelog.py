@@ -1,6 +1,7 @@
 """Reading the timings log an `edgelog` process writes with ``$EDGELOG_TIMINGS`` set
 (edgelog/timings.py: one JSON line per committed row, writer task, move of the sync
-position, drain), and what the scenarios derive from it."""
+position, drain, and each meter's cadence counters at stop), and what the scenarios
+derive from it."""
 
 from __future__ import annotations
 
@@ -52,6 +53,10 @@ class TimingLog:
     tasks: list[tuple[float, float]] = field(default_factory=list)  # (start, end)
     sent: list[tuple[float, int]] = field(default_factory=list)  # (at, upto)
     drains: list[tuple[float, float, int]] = field(default_factory=list)  # (start, end, sent)
+    #: the destination's statements by path after the last drain (`MariaDBSink.stats`)
+    sink_stats: dict[str, int] = field(default_factory=dict)
+    #: each meter's grid counters, written when its bus thread ended
+    cadence: list[dict[str, Any]] = field(default_factory=list)
     _offset: int = 0  # bytes of the file read so far
 
     @classmethod
@@ -84,6 +89,10 @@ class TimingLog:
             self.sent.append((r["at"], r["upto"]))
         elif ev == "drain":
             self.drains.append((r["start"], r["end"], r["sent"]))
+            self.sink_stats = r["sink"] or {}
+        elif ev == "cadence":
+            keys = ("interval_s", "runs", "missed", "clock_jumps")
+            self.cadence.append({key: r[key] for key in keys})
 
     @property
     def sent_upto(self) -> int:
