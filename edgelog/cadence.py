@@ -17,7 +17,8 @@ is the next wall-clock multiple of the interval, strictly after now. So:
 * after the clock steps (no RTC; time sync arriving late), the next run is the
   next boundary of the *new* time: no flood of polls after a jump back, no
   silence after a jump forward. A step is told apart from an overrun by
-  comparing the wall clock with the monotonic clock.
+  comparing the wall clock with the monotonic clock, and handed to `on_jump`
+  (`edgelog run` keeps a count for sync-status: clockguard.ClockSteps).
 
 `Clock` is the only thing tests fake.
 """
@@ -76,12 +77,15 @@ class GridJob(schedule.Job):
         scheduler: schedule.Scheduler,
         clock: Clock,
         on_missed: Callable[[list[float]], object] | None = None,
+        on_jump: Callable[[float], object] | None = None,
     ):
         super().__init__(1, scheduler)
         self.unit = "seconds"
         self.interval_s = interval_s
         self.clock = clock
         self.on_missed = on_missed
+        #: told the size of each clock step this job sees (seconds; negative: back)
+        self.on_jump = on_jump
         #: when the last run's sample was taken, if the job function returned it (a float)
         self.stamp: float | None = None
         self.stats = GridStats()
@@ -100,8 +104,7 @@ class GridJob(schedule.Job):
             # The clock stepped while waiting: after a jump back the old due time is
             # hours away (silence), after a jump forward it is long past (an off-grid
             # run now). Either way, wait for the next boundary of the new time.
-            self.stats.clock_jumps += 1
-            log.warning("clock stepped by %+.1f s; sampling resumes on the new grid", step)
+            self._jumped(step)
             self._set_due(next_boundary(now, self.interval_s), now, mono)
             return False
         return now >= self.due_at
@@ -145,8 +148,7 @@ class GridJob(schedule.Job):
             self.stats.runs += 1
             step = self._step(now, mono)
             if abs(step) > JUMP_THRESHOLD_S:
-                self.stats.clock_jumps += 1
-                log.warning("clock stepped by %+.1f s; sampling resumes on the new grid", step)
+                self._jumped(step)
             else:
                 # every boundary from the one we ran for to the next one was skipped, but
                 # the slot the run's sample landed in (its own, unless it overran)
@@ -155,6 +157,12 @@ class GridJob(schedule.Job):
                 self._missed(covered + self.interval_s, nxt)
         self.stamp = None
         self._set_due(nxt, now, mono)
+
+    def _jumped(self, step: float) -> None:
+        self.stats.clock_jumps += 1
+        log.warning("clock stepped by %+.1f s; sampling resumes on the new grid", step)
+        if self.on_jump is not None:
+            self.on_jump(step)
 
     def _covered(self, due: float, nxt: float) -> float:
         """The slot the last run's sample belongs to: the one its `stamp` (the instant the
@@ -181,6 +189,8 @@ class Cadence:
 
     clock: Clock = field(default_factory=Clock)
     scheduler: schedule.Scheduler = field(default_factory=schedule.Scheduler)
+    #: told the size of each clock step a job sees (each job sees it: one call per job)
+    on_jump: Callable[[float], object] | None = None
 
     def every(
         self,
@@ -191,7 +201,7 @@ class Cadence:
         """A job on the grid of `interval_s`; `on_missed` gets the instants of slots it missed.
         `func` may return the wall-clock instant its sample was taken (a float): a run that
         overran its own slot then covers the slot that instant is in, and its own is missed."""
-        job = GridJob(interval_s, self.scheduler, self.clock, on_missed)
+        job = GridJob(interval_s, self.scheduler, self.clock, on_missed, self.on_jump)
 
         def body() -> object:
             result = func()

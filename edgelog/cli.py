@@ -24,10 +24,7 @@ from .buffer import Buffer
 from .clock import utc_iso
 from .errors import EdgelogError, MeterError
 from .progress import Progress
-from .sync import MariaDBSink, SyncWorker, create_table_sql
-from .sync.mariadb import alter_table_sql
-
-log = logging.getLogger("edgelog")
+from .sync import mariadb_worker
 
 
 def _load(args: argparse.Namespace) -> config_mod.Config:
@@ -94,26 +91,15 @@ def cmd_sync_status(args: argparse.Namespace) -> int:
     return health.exit_status
 
 
-def _worker(cfg: config_mod.Config, buffer: Buffer) -> tuple[MariaDBSink, SyncWorker]:
-    """The sink (register columns of their types) and the worker (aggregates as configured)."""
-    from .sync.aggregates import Aggregates
-    from .sync.schema import config_types
-
-    sink = MariaDBSink(cfg.mariadb, cfg.site, types=config_types(cfg))
-    aggregates = Aggregates(sink, buffer) if cfg.mariadb.aggregates else None
-    worker = SyncWorker(buffer, sink, cfg.columns(), cfg.mariadb.batch_size, cfg.sync, aggregates=aggregates)
-    return sink, worker
-
-
 def _retry_quarantined(args: argparse.Namespace) -> int:
     """Send the quarantined rows again; 0 when MariaDB took them all."""
     cfg = _load(args)
     buffer = Buffer(cfg.buffer.path, create=False)
-    sink, worker = _worker(cfg, buffer)
+    worker = mariadb_worker(cfg, buffer)
     try:
         sent, still = worker.retry_quarantined()
     finally:
-        sink.close()
+        worker.sink.close()
         buffer.close()
     print(f"sent {sent} quarantined rows; {still} still refused")
     return 0 if still == 0 else 1
@@ -128,7 +114,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
         raise EdgelogError("sync: say --drain (send everything now, then exit) or --retry-quarantined")
     cfg = _load(args)
     buffer = Buffer(cfg.buffer.path, create=False)
-    sink, worker = _worker(cfg, buffer)
+    worker = mariadb_worker(cfg, buffer)
     try:
         started = time.monotonic()
         with Progress("sync", total=buffer.status().unsent) as progress:
@@ -138,7 +124,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
         buffer.record_sync_error(str(exc))
         raise
     finally:
-        sink.close()
+        worker.sink.close()
         buffer.close()
     elapsed = time.monotonic() - started
     print(f"sent {sent} rows in {elapsed:.1f} s; {left} unsent")
@@ -230,47 +216,16 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_schema(args: argparse.Namespace) -> int:
     """Print the MariaDB DDL (CREATE DATABASE and CREATE TABLE) for this config."""
+    from .sync import schema
+
     cfg = _load(args)
     if args.alter_types:
-        from .sync.schema import alter_types_sql
-
-        print(alter_types_sql(cfg))
-        return 0
-    print(alter_sql(cfg) if args.alter else schema_sql(cfg))
+        print(schema.alter_types_sql(cfg))
+    elif args.alter:
+        print(schema.alter_columns_sql(cfg))
+    else:
+        print(schema.create_sql(cfg))
     return 0
-
-
-def alter_sql(cfg: config_mod.Config) -> str:
-    """What the live table lacks for this config: an ALTER TABLE (or the whole DDL)."""
-    from .sync.schema import config_types
-
-    sink = MariaDBSink(cfg.mariadb, cfg.site)
-    try:
-        existing = sink.table_columns()
-    finally:
-        sink.close()
-    name = f"`{cfg.mariadb.database}`.`{cfg.mariadb.table}`"
-    if not existing:
-        return f"-- {name} does not exist on {sink.where}: create it\n{schema_sql(cfg)}"
-    missing = {c: unit for c, unit in cfg.columns().items() if c not in existing}
-    if not missing:
-        return f"-- {name} on {sink.where} has every column this config writes: nothing to alter"
-    return f"{alter_table_sql(cfg.mariadb.table, missing, cfg.mariadb.database, config_types(cfg))};"
-
-
-def schema_sql(cfg: config_mod.Config) -> str:
-    from .sync import aggregates
-    from .sync.schema import config_types
-
-    db, table, types = cfg.mariadb.database, cfg.mariadb.table, config_types(cfg)
-    tables = [create_table_sql(table, cfg.columns(), types)]
-    if cfg.mariadb.aggregates:
-        tables += aggregates.schema_sql(table, types, cfg.columns())
-    return (
-        f"-- edgelog {__version__}: readings table for site {cfg.site!r}\n"
-        f"CREATE DATABASE IF NOT EXISTS `{db}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci;\n"
-        f"USE `{db}`;\n" + "".join(f"{sql};\n" for sql in tables).rstrip("\n")
-    )
 
 
 # -- plumbing ------------------------------------------------------------------------
@@ -303,7 +258,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help=f"config file (default: ${config_mod.ENV_VAR}, else {config_mod.DEFAULT_PATH})",
     )
-    parser.add_argument("--verbose", "-v", action="count", default=0, help="more log output")
+    parser.add_argument(
+        "--verbose",
+        "-v",
+        action="count",
+        default=0,
+        help="-v: edgelog's debug messages too; -vv: also the libraries' (pymodbus, peewee, ...)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def add(name: str, func: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
@@ -314,7 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("run", cmd_run)
     p = add("poll", cmd_poll)
-    p.add_argument("--once", action="store_true", required=True, help="read each meter once")
+    p.add_argument(
+        "--once", action="store_true", help="accepted for older scripts: poll always reads each meter once"
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p = add("sync-status", cmd_sync_status)
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -429,15 +392,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _setup_logging(verbose: int) -> None:
-    level = logging.DEBUG if verbose > 1 else logging.INFO
+    """INFO and above; -v: edgelog's DEBUG lines too; -vv: every library's as well
+    (pymodbus, silenced otherwise: it logs every retry at ERROR, our own lines say it once)."""
     under_systemd = "JOURNAL_STREAM" in os.environ  # journald adds its own timestamps
-    fmt = (
-        "%(levelname)s %(name)s: %(message)s"
-        if under_systemd
-        else ("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    fmt = "%(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(
+        level=logging.DEBUG if verbose >= 2 else logging.INFO,
+        format=fmt if under_systemd else f"%(asctime)s {fmt}",
+        stream=sys.stderr,
     )
-    logging.basicConfig(level=level, format=fmt, stream=sys.stderr)
-    if verbose < 2:  # pymodbus logs every retry at ERROR; our own lines say it once
+    if verbose >= 1:
+        logging.getLogger("edgelog").setLevel(logging.DEBUG)
+    if verbose < 2:
         logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 
 

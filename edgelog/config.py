@@ -67,6 +67,11 @@ class BufferConfig:
     #: of readings (docs/guarantees.md); meant for sites sampling faster than 1 Hz.
     commit_every_s: float = 0.0
 
+    @property
+    def max_bytes(self) -> int:
+        """`max_mb` in bytes."""
+        return int(self.max_mb * 1024 * 1024)
+
 
 @dataclass(frozen=True)
 class MariaDBConfig:

@@ -37,9 +37,12 @@ from typing import Any
 from . import clock, human
 from .buffer import Buffer
 from .clock import utc_iso
+from .clockguard import CLOCK_STEPS_KEY, StepRecord
 from .config import Config, MariaDBConfig, check_private_file, password_line
 from .errors import ConfigError, EdgelogError
 from .sync import MariaDBSink
+from .sync.aggregates import FAILURE_KEY, Failure
+from .sync.mariadb import cause
 from .sync.nodes import NODE_KEY, NODES_FAILED_KEY, parse_failed
 from .sync.worker import ERROR_KIND_KEY, SYNC_PATH_KEY
 
@@ -73,6 +76,16 @@ class MeterState:
     def age_s(self, now: float) -> float | None:
         return None if self.last_reading_at is None else now - self.last_reading_at
 
+    def to_json(self, now: float) -> dict[str, Any]:
+        data = {k: v for k, v in asdict(self).items() if k != "name"}
+        data.update(
+            last_reading_at=utc_iso(self.last_reading_at),
+            last_poll_at=utc_iso(self.last_poll_at),
+            age_s=_round(self.age_s(now)),
+            skipped_last_hour=self.skipped_last_hour,
+        )
+        return data
+
 
 @dataclass
 class Health:
@@ -97,6 +110,11 @@ class Health:
     mariadb_nodes_failed: dict[str, dict[str, Any]] = field(default_factory=dict)
     clock_synchronised: bool | None = None
     clock_plausible: bool = True
+    #: the clock steps `edgelog run` saw (its cadence's count, kept in the buffer)
+    clock_steps: StepRecord = field(default_factory=StepRecord)
+    #: `[mariadb] aggregates`, and why the aggregate tables are behind (None: they are not)
+    aggregates: bool = True
+    aggregates_failure: Failure | None = None
     #: a configuration problem no retry can fix, with its fix (None: none seen)
     config_problem: str | None = None
     problems: list[str] = field(default_factory=list)
@@ -139,47 +157,48 @@ class Health:
             k: (utc_iso(v) if k.endswith("_at") and isinstance(v, int | float) else v)
             for k, v in self.buffer.items()
         }
+        data.update({k: getattr(self, k) for k in AS_THEY_ARE})
+        failed, agg, steps = self.mariadb_nodes_failed, self.aggregates_failure, self.clock_steps
         data.update(
-            mariadb_reachable=self.mariadb_reachable,
-            mariadb_error=self.mariadb_error,
-            mariadb_node=self.mariadb_node,
             mariadb_nodes_failed={
                 label: {"error": f.get("error"), "since": utc_iso(_float_or_none(f.get("at")))}
-                for label, f in self.mariadb_nodes_failed.items()
+                for label, f in failed.items()
             },
-            config_problem=self.config_problem,
             state=self.state,
             problems=list(self.problems),
             warnings=list(self.warnings),
             checked_at=utc_iso(self.now),
             lag_s=_round(self.lag_s),
-            max_lag_s=self.max_lag_s,
             sync_rate_rows_per_s=_round(self.sync_rate),
-            sync_path=self.sync_path,
             drain_eta_s=_round(self.drain_eta_s),
-            buffer_max_bytes=self.buffer_max_bytes,
-            disk_free_bytes=self.disk_free_bytes,
-            disk_total_bytes=self.disk_total_bytes,
-            clock_synchronised=self.clock_synchronised,
-            clock_plausible=self.clock_plausible,
             silent_after_intervals=self.silent_intervals,
-            meters={
-                m.name: {
-                    "interval_s": m.interval_s,
-                    "last_reading_at": utc_iso(m.last_reading_at),
-                    "age_s": _round(m.age_s(self.now)),
-                    "last_poll_at": utc_iso(m.last_poll_at),
-                    "last_poll_error": m.last_poll_error,
-                    "polls_last_hour": m.polls_last_hour,
-                    "failed_polls_last_hour": m.failed_polls_last_hour,
-                    "gaps_last_hour": dict(m.gaps_last_hour),
-                    "skipped_last_hour": m.skipped_last_hour,
-                    "silent": m.silent,
-                }
-                for m in self.meters
-            },
+            clock_steps=steps.count,
+            last_clock_step_at=utc_iso(steps.last_at),
+            last_clock_step_s=steps.last_step_s,
+            aggregates_error=agg.error if agg else None,
+            aggregates_error_since=utc_iso(agg.since if agg else None),
+            aggregates_failed_rounds=agg.failed_rounds if agg else 0,
+            aggregates_pending_minutes=(agg.pending_minutes if agg else 0) if self.aggregates else None,
+            meters={m.name: m.to_json(self.now) for m in self.meters},
         )
         return data
+
+
+#: Health fields the JSON shows as they are, under their own names.
+AS_THEY_ARE = (
+    "mariadb_reachable",
+    "mariadb_error",
+    "mariadb_node",
+    "config_problem",
+    "max_lag_s",
+    "sync_path",
+    "buffer_max_bytes",
+    "disk_free_bytes",
+    "disk_total_bytes",
+    "clock_synchronised",
+    "clock_plausible",
+    "aggregates",
+)
 
 
 def _round(x: float | None) -> float | None:
@@ -206,13 +225,15 @@ def evaluate(
         sync_path = buffer.get_meta(SYNC_PATH_KEY)
         node, failed = buffer.get_meta(NODE_KEY), parse_failed(buffer.get_meta(NODES_FAILED_KEY))
         recorded_kind = buffer.get_meta(ERROR_KIND_KEY)
+        steps = StepRecord.from_json(buffer.get_meta(CLOCK_STEPS_KEY))
+        failure = Failure.from_json(buffer.get_meta(FAILURE_KEY)) if cfg.mariadb.aggregates else None
     finally:
         buffer.close()
     health = Health(
         now=now,
         site=cfg.site,
         buffer=asdict(status),
-        buffer_max_bytes=int(cfg.buffer.max_mb * 1024 * 1024),
+        buffer_max_bytes=cfg.buffer.max_bytes,
         meters=meters,
         max_lag_s=max_lag_s,
         silent_intervals=silent_intervals,
@@ -220,6 +241,9 @@ def evaluate(
         sync_path=sync_path,
         mariadb_node=node,
         mariadb_nodes_failed=failed,
+        clock_steps=steps,
+        aggregates=cfg.mariadb.aggregates,
+        aggregates_failure=failure,
     )
     health.config_problem = password_problem(cfg.mariadb)
     if health.config_problem is None and recorded_kind == "config" and status.last_error:
@@ -288,7 +312,7 @@ def _meters(buffer: Buffer, cfg: Config, now: float, silent_intervals: float) ->
         state.polls_last_hour += 1
         if error is not None:
             state.failed_polls_last_hour += 1
-            cause = gap_cause(error)
+            cause = gapcause(error)
             state.gaps_last_hour[cause] = state.gaps_last_hour.get(cause, 0) + 1
     for name, state in states.items():
         good = buffer.newest(name, good_only=True)
@@ -302,7 +326,7 @@ def _meters(buffer: Buffer, cfg: Config, now: float, silent_intervals: float) ->
     return list(states.values())
 
 
-def gap_cause(error: str) -> str:
+def gapcause(error: str) -> str:
     """The cause of a gap row: its `error` up to the first ": " (`timeout`, `no connection`,
     `exception 02 illegal data address`, `bad answer`, `skipped`)."""
     return _clip(error.partition(": ")[0], CAUSE_MAX_CHARS)
@@ -340,6 +364,12 @@ def judge(health: Health) -> None:
     for key, value in h.buffer.items():
         if (key.startswith(("dropped", "quarantin")) or "corrupt" in key) and _nonzero(value):
             h.warnings.append(f"{key.replace('_', ' ')}: {_show(key, value, h.now)}")
+    if h.aggregates_failure:
+        f = h.aggregates_failure
+        h.warnings.append(
+            f"aggregate tables not updated for {human.duration(h.now - f.since)} "
+            f"({human.count(f.pending_minutes)} min pending): {_clip(cause(f.error), 60)}"
+        )
     if h.sync_path and h.sync_path.startswith("plain (fast path"):
         h.warnings.append(f"backlog batches take the slower {h.sync_path}")
     if h.buffer.get("unsent") and h.sync_rate is None and h.mariadb_reachable:
@@ -438,10 +468,10 @@ def render(h: Health, colour: bool = False) -> str:
     if h.mariadb_reachable:
         lines.append("MariaDB  " + human.paint("answers now", "green", colour))
     elif h.mariadb_reachable is False:
-        # "MariaDB user@host:port/db: (2003) Can't connect ...": the cause is after the first ": "
-        cause = (h.mariadb_error or "").partition(": ")[2] or h.mariadb_error
-        lines.append("MariaDB  " + human.paint("unreachable now", "yellow", colour) + ": " + _clip(cause, 54))
+        why = cause(h.mariadb_error or "")
+        lines.append("MariaDB  " + human.paint("unreachable now", "yellow", colour) + ": " + _clip(why, 54))
     lines += _node_lines(h)
+    lines.append("Tables   " + _aggregates_line(h, colour))
     losses = [f"{human.count(b.get('dropped_total') or 0)} dropped"]
     quarantine = [(k, v) for k, v in b.items() if _is_quarantine_count(k, v)]
     losses += [f"{_show(k, v, now)} {k.replace('_', ' ')}" for k, v in quarantine]
@@ -455,6 +485,14 @@ def render(h: Health, colour: bool = False) -> str:
     else:
         clk = "sync state unknown"
     lines.append(f"Clock    {clk}")
+    steps = h.clock_steps
+    if steps.count and steps.last_step_s is not None:
+        size = human.duration(abs(steps.last_step_s))
+        way = "back" if steps.last_step_s < 0 else "forward"
+        lines.append(
+            f"         {human.count(steps.count)} step(s) seen by the logger; the last {size} {way}, "
+            f"{_ago(steps.last_at, now)}"
+        )
     lines.append(
         f"Totals   {human.count(b.get('readings_total'))} readings ever; sent up to seq "
         f"{b.get('sent_upto')}; buffer id {b.get('buffer_id')}"
@@ -472,11 +510,22 @@ def _node_lines(h: Health) -> list[str]:
     lines = [f"         sync writes through {h.mariadb_node}"] if h.mariadb_node else []
     for label, failure in h.mariadb_nodes_failed.items():
         error = str(failure.get("error") or "")
-        cause = error.rpartition(f"{label}/")[2].partition(": ")[2] or error
+        why = error.rpartition(f"{label}/")[2].partition(": ")[2] or error
         since = _float_or_none(failure.get("at"))
         when = f" (failing since {_ago(since, h.now)})" if since else ""
-        lines.append(f"         {label} failed{when}: {_clip(cause, 40)}")
+        lines.append(f"         {label} failed{when}: {_clip(why, 40)}")
     return lines
+
+
+def _aggregates_line(h: Health, colour: bool) -> str:
+    """Whether the per-minute and 15-minute tables are kept, and kept up."""
+    if not h.aggregates:
+        return "aggregate tables off ([mariadb] aggregates = false)"
+    f = h.aggregates_failure
+    if f is None:
+        return "aggregate tables updated after each sync round"
+    behind = f"aggregate tables NOT updated for {human.duration(h.now - f.since)}"
+    return human.paint(behind, "yellow", colour) + f" ({human.count(f.pending_minutes)} min pending)"
 
 
 def _is_quarantine_count(key: str, value: Any) -> bool:

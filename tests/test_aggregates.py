@@ -20,9 +20,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import LoggerDB
+from conftest import LoggerDB, meter_toml, write_config
 from plantdata import COLUMNS, SITE, START, TYPES, UNITS, append, bad_plant, mariadb_config, readings, sync
 
+from edgelog import config as config_mod
+from edgelog import doctor, status
 from edgelog.buffer import Buffer
 from edgelog.report import limits
 from edgelog.report.data import FREQ_FLAGS, sequence_currents
@@ -302,8 +304,22 @@ def test_a_failing_aggregate_never_stops_the_sync_and_is_done_later(
     assert line.startswith("aggregates: not updated (tried again next round): ")
     assert "CREATE command denied" in line
     assert logger_db.query(f"SELECT COUNT(*) FROM `{logger_db.database}`.`medicoes`") == [(1200,)]
+    # sync-status and doctor say the tables are behind, and why
+    cfg = config_mod.load(write_config(tmp_path, logger_db.toml(), meter_toml(5020)))
+    health = status.evaluate(cfg, ping=False)
+    assert any(w.startswith("aggregate tables not updated for") for w in health.warnings)
+    assert not any("aggregate" in p for p in health.problems)  # a note: the readings are safe
+    data = health.to_json()
+    assert "CREATE command denied" in data["aggregates_error"] and data["aggregates_failed_rounds"] == 1
+    assert data["aggregates_pending_minutes"] == 10  # the 600 s synced without their minutes
+    screen = status.render(health)
+    assert "Tables   aggregate tables NOT updated for" in screen and "(10 min pending)" in screen
+    check = doctor._aggregates(cfg, None)
+    assert check.status == "WARN" and "CREATE command denied" in check.detail
     for host in ("localhost", "127.0.0.1"):
         logger_db.query(f"GRANT CREATE ON `{logger_db.database}`.* TO '{logger_db.user}'@'{host}'")
     assert sync(path, logger_db) == 0  # nothing new to send: the pending minutes are done
+    data = status.evaluate(cfg, ping=False).to_json()
+    assert (data["aggregates_error"], data["aggregates_pending_minutes"]) == (None, 0)
     minutes = table(logger_db, "medicoes_1min")
     assert len(minutes) == 10 and sum(r["samples"] for r in minutes.values()) == 600  # 600..1200 s

@@ -3,6 +3,7 @@ simulator and MariaDB: schema, poll, sync-status, sync --drain, run and its sign
 
 from __future__ import annotations
 
+import argparse
 import json
 import signal
 import socket
@@ -15,6 +16,7 @@ import pytest
 from conftest import ROOT, LoggerDB, edgelog, meter_toml, start_edgelog, stop, wait_for, write_config
 
 from edgelog.buffer import Buffer
+from edgelog.cli import build_parser
 from edgelog.config import MariaDBConfig
 from edgelog.profiles import PAC3100
 from edgelog.simulate import SimulatorThread, as_float32
@@ -173,6 +175,33 @@ def test_the_schema_file_creates_the_table_the_logger_creates_by_itself(
     assert from_file == by_logger
 
 
+# -- help text -----------------------------------------------------------------------
+
+
+def test_every_command_and_option_has_help_text(capsys: pytest.CaptureFixture[str]) -> None:
+    """As sqlite-utils checks its commands: a command or an option without help fails."""
+    parser = build_parser()
+    (subparsers,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    helps = {action.dest: action.help for action in subparsers._choices_actions}
+    assert set(helps) == set(subparsers.choices)
+    assert {"run", "poll", "sync-status", "sync", "simulate", "export", "tail"} <= set(helps)
+    assert {"report", "schema", "doctor"} <= set(helps)
+    top_help = " ".join(parser.format_help().split())  # argparse wraps long lines
+    for name, sub in subparsers.choices.items():
+        assert helps[name] and len(helps[name]) > 15, f"{name} has no help"
+        assert sub.description, f"{name} has no description"
+        assert name in top_help and helps[name] in top_help
+        for action in sub._actions:
+            assert action.help and len(action.help) > 5, f"{name} {action.option_strings} has no help"
+        with pytest.raises(SystemExit) as done:
+            parser.parse_args([name, "--help"])
+        assert done.value.code == 0
+        assert helps[name] in " ".join(capsys.readouterr().out.split())
+    for action in parser._actions:
+        if not isinstance(action, argparse._SubParsersAction):
+            assert action.help, f"{action.option_strings} has no help"
+
+
 # -- poll ------------------------------------------------------------------------------
 
 
@@ -193,7 +222,7 @@ def test_poll_once_prints_the_twenty_values_with_units(tmp_path: Path, simulator
     assert 59 < reading["values"]["frequencia"]["value"] < 61
     assert not (tmp_path / "buffer.sqlite3").exists()  # nothing is stored
 
-    text = edgelog("poll", "--once", config=config)
+    text = edgelog("poll", config=config)  # --once is what poll does anyway
     assert text.returncode == 0, text.stderr
     assert "pac1  (" in text.stdout and "1 request(s)" in text.stdout
     assert sum(line.strip().startswith(tuple(COLUMNS)) for line in text.stdout.splitlines()) == 20

@@ -460,7 +460,7 @@ def test_backoff_grows_exponentially_and_is_capped(buffer: Buffer) -> None:
     ceilings = [0.5, 1, 2, 4, 8, 16, 20, 20, 20, 20]
     means = []
     for failures, ceiling in enumerate(ceilings, start=1):
-        worker.failures = failures
+        worker.failing.count = failures
         draws = [worker.backoff_s() for _ in range(400)]
         assert all(ceiling * 0.5 <= d <= ceiling for d in draws), (failures, min(draws), max(draws))
         assert max(draws) > ceiling * 0.95 and min(draws) < ceiling * 0.55  # jitter spans the range
@@ -469,7 +469,7 @@ def test_backoff_grows_exponentially_and_is_capped(buffer: Buffer) -> None:
         assert 1.6 < b / a < 2.5  # doubles while under the cap
     assert max(means[6:]) < 20 * 0.85
     for failures in (100, 10_000, 10**9):  # no overflow, still capped
-        worker.failures = failures
+        worker.failing.count = failures
         assert all(10 <= worker.backoff_s() <= 20 for _ in range(50))
 
 

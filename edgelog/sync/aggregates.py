@@ -26,7 +26,10 @@ past them, so the record is rewritten every few batches of a drain and every two
 hours live, not at every sync round (the SD card); the next process recomputes
 what it holds (already summarised minutes in the margin cost a little, no harm).
 A failure (MariaDB down, no CREATE privilege) never stops the sync: it is
-logged, the buckets stay pending, the next round tries again.
+logged as an episode (`episodes.Episode`: when it starts, when its error changes,
+at the 10th, 100th, every 1000th round), recorded in the buffer with the minutes
+pending (meta key `aggregates_failure`, shown by sync-status and doctor, removed
+once a round updates them), the buckets stay pending, the next round tries again.
 """
 
 from __future__ import annotations
@@ -34,14 +37,17 @@ from __future__ import annotations
 import bisect
 import json
 import logging
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..clock import utc_text
+from ..episodes import Episode
 from ..errors import EdgelogError, SchemaMismatch
+from ..profiles import RESERVED_COLUMNS
 from . import series as ser
-from .mariadb import INSERT_COLUMNS, quote
+from .mariadb import quote
 from .schema import KNOWN_TYPES, SAFE_TYPE, live_columns, normalize
 
 log = logging.getLogger(__name__)
@@ -64,6 +70,9 @@ MERGE_GAP = 15
 SAVE_MARGIN = 120
 MAX_RANGES = 64  # per meter; beyond, the closest ranges merge
 META_KEY = "aggregates_pending"
+#: Buffer meta key of the aggregates' failure (`Failure`), for sync-status and doctor;
+#: removed once a round updates them.
+FAILURE_KEY = "aggregates_failure"
 #: A derived table with a LIMIT is materialised, not merged into the query around it: each
 #: value it names is computed once per reading, not again at each use further out.
 MATERIALISED = " LIMIT 18446744073709551615"
@@ -212,8 +221,7 @@ def ensure_tables(sink: Any) -> Layout:
         raw = live_columns(cur, database, table)
         if not raw:
             raise EdgelogError(f"no table {database}.{table} to summarise")
-        own = {"id", *INSERT_COLUMNS}
-        layout = Layout.of(table, {n: v for n, v in raw.items() if n not in own})
+        layout = Layout.of(table, {n: v for n, v in raw.items() if n not in RESERVED_COLUMNS})
         for suffix, _ in PERIODS:
             name = table_name(table, suffix)
             have = live_columns(cur, database, name)
@@ -231,6 +239,13 @@ def ensure_tables(sink: Any) -> Layout:
         return layout
 
     return sink.transaction(work)
+
+
+def missing_tables(sink: Any) -> list[str]:
+    """The aggregate tables of the sink's readings table that MariaDB does not have."""
+    database, table = sink.config.database, sink.config.table
+    names = [table_name(table, suffix) for suffix, _ in PERIODS]
+    return sink.transaction(lambda cur: [name for name in names if not live_columns(cur, database, name)])
 
 
 # -- what is pending ------------------------------------------------------------------------
@@ -322,6 +337,36 @@ def runs(minutes: Iterable[int]) -> list[tuple[int, int]]:
 # -- the worker's hooks ---------------------------------------------------------------------
 
 
+class Failure(NamedTuple):
+    """Why the aggregate tables are behind, as the buffer keeps it: written when the
+    failures start, when their error changes, and at the 10th, 100th, every 1000th
+    failed round (never more often: SD cards wear out)."""
+
+    error: str
+    since: float  # when the failed rounds began (unix seconds)
+    at: float  # when this record was written
+    pending_minutes: int  # minutes of readings waiting to be summarised, then
+    failed_rounds: int
+
+    def to_json(self) -> str:
+        return json.dumps(self._asdict(), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str | None) -> Failure | None:
+        """The record back; None if there is none (or it cannot be read)."""
+        try:
+            d = json.loads(text) if text else None
+            return cls(
+                error=str(d["error"]),
+                since=float(d["since"]),
+                at=float(d["at"]),
+                pending_minutes=int(d["pending_minutes"]),
+                failed_rounds=int(d["failed_rounds"]),
+            )
+        except (ValueError, TypeError, KeyError):
+            return None
+
+
 class NoAggregates:
     """What the worker calls when `[mariadb] aggregates = false`: nothing."""
 
@@ -342,7 +387,11 @@ class Aggregates(NoAggregates):
         self.layout: Layout | None = None
         self._ensured_on: Any = None  # the sink connection the tables were checked on
         self._sql = ("", "")  # the layout's statements: minutes, quarter-hours
+        #: failed rounds in a row, and the error of the last one (logged when it changes)
+        self.failing = Episode()
         self._failing: str | None = None
+        self._since = 0.0
+        self._recorded = bool(buffer.get_meta(FAILURE_KEY))
         self.saved = self._load()
         self.pending = Pending(self.saved.ranges)
 
@@ -380,7 +429,8 @@ class Aggregates(NoAggregates):
             log.warning("aggregates: cannot record the pending minutes in the buffer: %s", exc)
 
     def flush(self) -> None:
-        """Recompute every pending bucket; on failure log it and keep them pending."""
+        """Recompute every pending bucket; on failure log it, record it for sync-status and
+        keep them pending."""
         if not self.pending:
             return
         try:
@@ -392,16 +442,39 @@ class Aggregates(NoAggregates):
                 self.sink.transaction(lambda cur, m=meter, a=lo, b=hi: self._recompute(cur, m, a, b))
                 self.pending.discard(meter, lo, hi)
         except Exception as exc:
-            message = str(exc) or type(exc).__name__
-            if message != self._failing:
-                log.warning("aggregates: not updated (tried again next round): %s", message)
-                self._failing = message
+            self._failed(str(exc) or type(exc).__name__)
             return
-        if self._failing:
-            log.info("aggregates: updated again")
+        if failed := self.failing.end():
+            log.info("aggregates: updated again after %d failed rounds", failed)
             self._failing = None
+        if self._recorded:  # by this process or an earlier one
+            self._record(None)
         if self.saved.minutes() > 2 * SAVE_MARGIN:  # after a backlog: the record holds it all
             self._save()
+
+    def _failed(self, message: str) -> None:
+        """A failed round, an episode's event: logged (and recorded for sync-status, with the
+        minutes pending) when it starts, when its error changes, and at its 10th, 100th,
+        every 1000th round; never a reason to stop the sync."""
+        now = time.time()
+        worth_a_line = self.failing.add(now=now)
+        if not worth_a_line and message == self._failing:
+            return
+        if self.failing.count == 1:
+            self._since = now
+        if self.failing.count == 1 or message != self._failing:
+            log.warning("aggregates: not updated (tried again next round): %s", message)
+        else:
+            log.warning("aggregates: still not updated after %d rounds: %s", self.failing.count, message)
+        self._failing = message
+        self._record(Failure(message, self._since, now, self.pending.minutes(), self.failing.count))
+
+    def _record(self, failure: Failure | None) -> None:
+        try:
+            self.buffer.set_meta(FAILURE_KEY, failure.to_json() if failure else None)
+        except Exception as exc:  # sync-status's view only
+            log.warning("aggregates: cannot record their failure in the buffer: %s", exc)
+        self._recorded = failure is not None
 
     def _recompute(self, cur: Any, meter: str, lo: int, hi: int) -> None:
         site = self.sink.site

@@ -505,6 +505,12 @@ class MariaDBSink:
         return True
 
 
+def cause(error: str) -> str:
+    """A sink error without the server it names (for a screen that names it elsewhere):
+    "MariaDB user@host:port/db: (2003) Can't connect ..." -> "(2003) Can't connect ..."."""
+    return error.partition(": ")[2] if error.startswith("MariaDB") else error
+
+
 class _Unpackable(Exception):
     """A row holds a value the binary protocol cannot carry as its column's type."""
 

@@ -183,3 +183,40 @@ def alter_types_sql(cfg: Config) -> str:
         return f"-- no table `{database}`.`{table}` yet: `edgelog schema` prints the CREATE TABLE"
     lines = alter_statements(live, config_types(cfg), database, table)
     return "\n".join(lines) or f"-- `{database}`.`{table}` has the column types of this config: nothing to do"
+
+
+def create_sql(cfg: Config) -> str:
+    """What `edgelog schema` prints: CREATE DATABASE, the readings table and (with
+    `[mariadb] aggregates`) the aggregate tables, their columns of the registers' types."""
+    from .. import __version__
+    from . import aggregates
+    from .mariadb import create_table_sql
+
+    db, table, types = cfg.mariadb.database, cfg.mariadb.table, config_types(cfg)
+    tables = [create_table_sql(table, cfg.columns(), types)]
+    if cfg.mariadb.aggregates:
+        tables += aggregates.schema_sql(table, types, cfg.columns())
+    return (
+        f"-- edgelog {__version__}: readings table for site {cfg.site!r}\n"
+        f"CREATE DATABASE IF NOT EXISTS `{db}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci;\n"
+        f"USE `{db}`;\n" + "".join(f"{sql};\n" for sql in tables).rstrip("\n")
+    )
+
+
+def alter_columns_sql(cfg: Config) -> str:
+    """What `edgelog schema --alter` prints: the ALTER TABLE adding the columns the live
+    table lacks for this config (or the whole DDL when there is no table), for a DBA."""
+    from .mariadb import MariaDBSink, alter_table_sql
+
+    sink = MariaDBSink(cfg.mariadb, cfg.site)
+    try:
+        existing = sink.table_columns()
+    finally:
+        sink.close()
+    name = f"`{cfg.mariadb.database}`.`{cfg.mariadb.table}`"
+    if not existing:
+        return f"-- {name} does not exist on {sink.where}: create it\n{create_sql(cfg)}"
+    missing = {c: unit for c, unit in cfg.columns().items() if c not in existing}
+    if not missing:
+        return f"-- {name} on {sink.where} has every column this config writes: nothing to alter"
+    return f"{alter_table_sql(cfg.mariadb.table, missing, cfg.mariadb.database, config_types(cfg))};"

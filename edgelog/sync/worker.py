@@ -42,6 +42,7 @@ from typing import Any
 
 from ..buffer import Buffer
 from ..config import SyncConfig
+from ..episodes import Episode
 from ..errors import ConfigError, EdgelogError, SinkRejected, SinkTooLarge, SinkUnavailable
 from ..timings import Timings, from_env
 from .aggregates import NoAggregates
@@ -84,7 +85,8 @@ class SyncWorker:
         #: the aggregate tables: told of each batch before it is written, updated after each drain
         self.aggregates = aggregates or NoAggregates()
         self.timings = from_env() if timings is None else timings
-        self.failures = 0
+        #: failed rounds in a row: an episode (logged at its start, 10th, 100th, every 1000th)
+        self.failing = Episode()
         self.rejections: dict[int, int] = {}  # seq -> rounds in which the sink refused it
         self._counted = False  # the last round counted a refusal (progress towards quarantine)
         self._logged_kinds: set[str] = set()  # errors logged in this streak, digits left out
@@ -323,6 +325,11 @@ class SyncWorker:
         self.aggregates.flush()
         return sent, still
 
+    @property
+    def failures(self) -> int:
+        """Rounds failed in a row (the backoff grows with them)."""
+        return self.failing.count
+
     def backoff_s(self) -> float:
         """Capped exponential backoff with jitter, from the number of failures in a row."""
         c = self.config
@@ -339,35 +346,37 @@ class SyncWorker:
         while not stop.is_set():
             try:
                 self.drain(should_stop=stop.is_set, retry_rejected=False)
-                if self.failures:
-                    log.warning("sync: working again after %d failed rounds", self.failures)
-                self.failures = 0
+                if failed := self.failing.end():
+                    log.warning("sync: working again after %d failed rounds", failed)
                 self._logged_kinds.clear()
                 wait = self.config.interval_s
             except ConfigError as exc:  # retried too: someone may fix the file meanwhile
-                self.failures += 1
-                wait = self.backoff_s()
-                self._report(exc, wait, "config")
+                wait = self._failed(exc, "config")
             except EdgelogError as exc:
-                self.failures += 1
-                wait = self.backoff_s()
-                self._report(exc, wait, "sink")
+                wait = self._failed(exc, "sink")
             except Exception as exc:  # a bug in one round: the next round may do better
-                self.failures += 1
-                wait = self.backoff_s()
-                if self.failures == 1:
-                    log.exception("sync worker: unexpected error")
-                self._report(exc, wait, "internal")
+                wait = self._failed(exc, "internal")
             stop.wait(wait)
         self.sink.close()
 
-    def _report(self, exc: BaseException, wait: float, kind: str) -> None:
-        """Log a failure when a streak starts, for each different error in the streak, and
-        every 10th time: not once a retry, even when two errors alternate. Record it (and
-        its kind) in the buffer for sync-status."""
+    def _failed(self, exc: BaseException, kind: str) -> float:
+        """A failed round (inside its `except`): counted, logged, recorded for sync-status.
+        Returns the backoff before the next round."""
+        worth_a_line = self.failing.add(now=self.clock())
+        wait = self.backoff_s()
+        if kind == "internal" and self.failures == 1:
+            log.exception("sync worker: unexpected error")
+        self._report(exc, wait, kind, worth_a_line)
+        return wait
+
+    def _report(self, exc: BaseException, wait: float, kind: str, worth_a_line: bool) -> None:
+        """Log a failure when a streak starts, at its 10th, 100th and every 1000th round
+        (`worth_a_line`), and for each different error in the streak: not once a retry,
+        even when two errors alternate. Record it (and its kind) in the buffer for
+        sync-status."""
         message = str(exc) or type(exc).__name__
         shape = "".join(c for c in message if not c.isdigit())
-        if self.failures == 1 or self.failures % 10 == 0 or shape not in self._logged_kinds:
+        if worth_a_line or shape not in self._logged_kinds:
             if kind == "config":
                 log.error(
                     "sync: %s (no retry can succeed until this is fixed; trying again in %.1f s)",

@@ -21,15 +21,16 @@ of catch-up polls after the jump forward, no silence after the jump back.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from conftest import wait_for
+from conftest import edgelog, wait_for
 
-from edgelog.service import SLOW_COMMIT
+from edgelog.poller import SLOW_COMMIT
 
 from .kit import (
     assert_exactly_once,
@@ -173,6 +174,9 @@ def test_clock_jumps_back_3h_and_forward_lose_nothing_flag_bad_readings_and_keep
     assert_steady(polls.between(forward_at, end_at), forward_at, end_at)
     # logged once per episode (and each process start with a bad clock is one)
     assert len(logger.lines("clock not trusted")) == 2
+    # sync-status counts the two steps `run` saw: 3 h back (before the kill), 3 h forward
+    data = json.loads(edgelog("sync-status", "--json", config=config).stdout)
+    assert data["clock_steps"] == 2 and abs(data["last_clock_step_s"] - BACK_S) < 5, data
     assert len(logger.lines("clock trusted again")) == 1
     assert any("clock stepped by -10800" in line for line in logger.lines("clock stepped"))
     assert any("clock stepped by +10800" in line for line in logger.lines("clock stepped"))

@@ -31,8 +31,8 @@ from typing import Any
 from conftest import wait_for
 
 from edgelog.meter import plan_requests
+from edgelog.poller import SLOW_COMMIT
 from edgelog.profiles import PAC3100
-from edgelog.service import SLOW_COMMIT
 
 from .kit import (
     COLUMNS,

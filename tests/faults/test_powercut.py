@@ -52,8 +52,8 @@ from conftest import wait_for
 from powercut.fs import PowerCutFS, missing, mounted
 
 from edgelog.meter import plan_requests
+from edgelog.poller import SLOW_COMMIT
 from edgelog.profiles import PAC3100
-from edgelog.service import SLOW_COMMIT
 
 from .kit import (
     COLUMNS,

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from conftest import wait_for
 
-from edgelog.service import SLOW_COMMIT
+from edgelog.poller import SLOW_COMMIT
 
 from .kit import assert_cadence, assert_exactly_once, buffer_rows, mariadb_toml, max_seq, meter, write_config
 

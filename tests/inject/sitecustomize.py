@@ -52,11 +52,11 @@ def _on_call(n: int, exc: BaseException, wrapped: Callable[..., Any]) -> Callabl
 def _install(fault: str) -> None:
     from edgelog.buffer.writer import Writer
     from edgelog.meter import Meter
-    from edgelog.service import Service
+    from edgelog.poller import BusPoller
     from edgelog.sync.worker import SyncWorker
 
     if fault == "bus":
-        Service.poll = _on_call(3, InjectedFault("injected: a bug in the poll loop"), Service.poll)  # type: ignore[method-assign]
+        BusPoller.poll = _on_call(3, InjectedFault("injected: a bug in the poll loop"), BusPoller.poll)  # type: ignore[method-assign]
     elif fault == "writer":
         flush = Writer._flush
 
