@@ -45,7 +45,7 @@ from edgelog.sync import create_table_sql
 
 from . import galera
 from .data import BuiltBuffer, build_buffer
-from .run import _env
+from .kit import WORK_BASE, copy_buffer, env, say_since
 from .server import SERVER_PARAMS, PrivateMariaDB
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "catchup.json"
@@ -68,9 +68,13 @@ class Plan:
 @dataclass
 class Site:
     name: str
-    buffer: BuiltBuffer
+    buffer: BuiltBuffer  # the backlog as built, every row unsent; each target drains a copy
+    path: Path  # the copy the logger drains
     user: str
     password_file: Path
+
+    def fresh_copy(self) -> None:
+        copy_buffer(self.buffer.path, self.path)
 
 
 def build_sites(plan: Plan, work: Path, say: Callable[[str], None]) -> list[Site]:
@@ -79,8 +83,10 @@ def build_sites(plan: Plan, work: Path, say: Callable[[str], None]) -> list[Site
     started = time.monotonic()
     for i in range(plan.loggers):
         name = f"site{i + 1:02d}"
-        built = build_buffer(work / f"{name}.sqlite3", plan.rows, interval_s=1.0)
-        sites.append(Site(name, built, f"edgelog_{name}", work / f"{name}.password"))
+        built = build_buffer(work / f"{name}.built.sqlite3", plan.rows, interval_s=1.0)
+        sites.append(
+            Site(name, built, work / f"{name}.sqlite3", f"edgelog_{name}", work / f"{name}.password")
+        )
     say(f"   {plan.loggers} backlogs of {plan.rows:,} rows built in {time.monotonic() - started:.0f} s")
     return sites
 
@@ -104,7 +110,7 @@ def prepare(root: pymysql.connections.Connection, sites: Sequence[Site]) -> None
 
 def write_config(site: Site, hosts: Sequence[str], work: Path) -> Path:
     text = (
-        f'site = "{site.name}"\n\n[buffer]\npath = "{site.buffer.path}"\n\n'
+        f'site = "{site.name}"\n\n[buffer]\npath = "{site.path}"\n\n'
         f'[mariadb]\nuser = "{site.user}"\npassword_file = "{site.password_file}"\n'
         f'database = "{DATABASE}"\nhosts = {json.dumps(list(hosts))}\nmanage_schema = false\n'
         f"batch_size = {BATCH}\nread_timeout_s = 120\nwrite_timeout_s = 120\n"
@@ -125,7 +131,7 @@ def drain_all(configs: Sequence[Path], work: Path) -> list[dict[str, Any]]:
     for config in configs:
         log = (work / f"{config.stem}.log").open("wb")
         args = [*cmd, "--config", str(config), "sync", "--drain"]
-        procs.append((config, log, subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=_env())))
+        procs.append((config, log, subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env())))
     results = []
     pending = {id(p): (config, log, p) for config, log, p in procs}
     done: dict[int, float] = {}
@@ -243,10 +249,12 @@ def run(plan: Plan, work: Path, say: Callable[[str], None]) -> dict[str, Any]:
     expected = plan.loggers * plan.rows
     out: dict[str, Any] = {"mode": "quick" if plan.quick else "full", "plan": plan.__dict__}
     say(f"catch-up: {plan.loggers} loggers x {plan.rows:,} rows into one MariaDB")
+    for site in sites:
+        site.fresh_copy()
     out["single"] = single(sites, work)
     say(f"   {out['single']['rows_per_s']:,.0f} rows/s; slowest logger {out['single']['wall_s']:.0f} s")
     for site in sites:  # the same backlogs, unsent again
-        _reset(site.buffer.path)
+        site.fresh_copy()
     say(f"catch-up: the same into a 3-node Galera cluster ({galera.PROVIDER.name})")
     out["cluster"] = cluster(sites, work)
     say(f"   {out['cluster']['rows_per_s']:,.0f} rows/s; slowest logger {out['cluster']['wall_s']:.0f} s")
@@ -260,18 +268,6 @@ def run(plan: Plan, work: Path, say: Callable[[str], None]) -> dict[str, Any]:
     out["load_average_at_end"] = os.getloadavg()
     out["duration_s"] = time.time() - started
     return out
-
-
-def _reset(path: Path) -> None:
-    """Mark every row of a built buffer unsent again (the bench's own file)."""
-    import sqlite3
-
-    conn = sqlite3.connect(path)
-    try:
-        with conn:
-            conn.execute("DELETE FROM meta WHERE key IN ('sent_upto', 'sync_node', 'sync_nodes_failed')")
-    finally:
-        conn.close()
 
 
 def table(r: dict[str, Any]) -> str:
@@ -295,13 +291,8 @@ def table(r: dict[str, Any]) -> str:
 
 def main(quick: bool = False, out: Path = DEFAULT_OUT) -> int:
     """Run the scenario (`python -m bench --catchup [--quick]`), print, write `out`."""
-    started = time.monotonic()
-
-    def say(text: str) -> None:
-        print(f"[{time.monotonic() - started:7.1f} s] {text}", file=sys.stderr, flush=True)
-
-    base = Path(os.environ.get("EDGELOG_BENCH_TMP", "/var/tmp"))  # noqa: S108 - mkdtemp below
-    work = Path(tempfile.mkdtemp(prefix="edgelog-catchup-", dir=base))
+    say = say_since(time.monotonic())
+    work = Path(tempfile.mkdtemp(prefix="edgelog-catchup-", dir=WORK_BASE))
     work.chmod(0o755)  # the Galera nodes run as mysql
     try:
         results = run(Plan.make(quick), work, say)

@@ -34,10 +34,8 @@ from typing import Any
 
 import pymysql
 
-from .server import free_port
+from .server import INSTALL_DB, MARIADBD, ServerFiles, free_port
 
-MARIADBD = shutil.which("mariadbd", path="/usr/sbin:/usr/bin:/sbin:/bin") or "/usr/sbin/mariadbd"
-INSTALL_DB = shutil.which("mariadb-install-db") or "/usr/bin/mariadb-install-db"
 PROVIDER = Path("/usr/lib/galera/libgalera_smm.so")
 RUN_AS = "mysql"
 #: gcomm timeouts shorter than Galera's defaults (5 s suspect, 15 s inactive), so a
@@ -72,7 +70,7 @@ def _die_with_parent() -> None:
 
 
 @dataclass
-class Node:
+class Node(ServerFiles):
     """One mariadbd of the cluster."""
 
     index: int
@@ -92,14 +90,6 @@ class Node:
     def address(self) -> str:
         """'127.0.0.1:port', as `[mariadb] hosts` takes it."""
         return f"127.0.0.1:{self.port}"
-
-    @property
-    def socket(self) -> str:
-        return str(self.base / "mariadb.sock")
-
-    @property
-    def datadir(self) -> Path:
-        return self.base / "data"
 
     @property
     def cnf(self) -> Path:

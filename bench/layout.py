@@ -7,21 +7,22 @@
    `index_length` after ANALYZE TABLE, and the .ibd file) per row. The per-minute and
    per-15-minute tables the logger keeps for the same readings are measured too.
 2. The drain with the aggregate tables and without: the real `edgelog sync --drain`
-   (bench.run's `cli_drain`, the time of SyncWorker.drain(), which includes writing
-   the aggregates at its end) on copies of one buffer, alternated, median of pairs.
+   (bench/logger.py's `cli_drain`: the drain's time from its timings log, which
+   includes writing the aggregates at its end) on copies of one buffer, alternated,
+   median of pairs.
 3. The report of a week at 1 Hz (604,800 readings) read from every raw row and from
    the per-minute table (`report.build`, the figures' input), alternated.
 
 Figures go to docs/performance.md ("Table layout"); this prints them and writes JSON.
+`python -m bench --only layout [--quick]` runs 1 and 2 (and 3 unless --quick) with the
+bench's plan and prints them in its table.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from statistics import median
@@ -33,9 +34,15 @@ from edgelog.profiles import PAC3100
 from edgelog.sync import MariaDBSink, SyncWorker
 from edgelog.sync.aggregates import Aggregates
 from edgelog.sync.schema import column_types
+from edgelog.timings import Timings
 
 from .data import build_buffer
-from .run import SITE, TABLE, Bench, Plan, _copy_buffer
+from .kit import SITE, TABLE, Bench, copy_buffer, say_since, timed, work_dir
+from .logger import cli_drain
+from .plan import Plan
+from .table import Line, n
+
+TITLE = "table layout: bytes per row, the aggregates' cost, a week's report"
 
 YEAR_S = 365 * 86400
 
@@ -77,7 +84,7 @@ def sizes(bench: Bench, n: int) -> dict[str, Any]:
     out: dict[str, Any] = {"rows": n, "interval_s": 1.0}
     for layout, types in (("double", None), ("float", column_types(PAC3100.registers))):
         account = bench.account(f"layout_{layout}")
-        path = _copy_buffer(built.path, bench.work / f"layout-{layout}.sqlite3")
+        path = copy_buffer(built.path, bench.work / f"layout-{layout}.sqlite3")
         cfg = MariaDBConfig(
             user=account.user,
             password_file=account.password_file,
@@ -88,7 +95,7 @@ def sizes(bench: Bench, n: int) -> dict[str, Any]:
         sink = MariaDBSink(cfg, SITE, types=types)
         kept = Aggregates(sink, buffer) if layout == "float" else None
         try:
-            SyncWorker(buffer, sink, units, 2000, aggregates=kept).drain()
+            SyncWorker(buffer, sink, units, 2000, aggregates=kept, timings=Timings()).drain()
         finally:
             sink.close()
             buffer.close()
@@ -118,7 +125,7 @@ def drains(bench: Bench, n: int, pairs: int = 3) -> dict[str, Any]:
         order = (False, True) if i % 2 == 0 else (True, False)
         pair = {}
         for on in order:
-            r = bench.cli_drain(built, tag=f"agg{int(on)}_{i}", aggregates=on)
+            r = cli_drain(bench, built, tag=f"agg{int(on)}_{i}", aggregates=on)
             bench.drop_db(r["account"])
             pair["with" if on else "without"] = r
         pair["ratio"] = pair["with"]["rows_per_s"] / pair["without"]["rows_per_s"]
@@ -142,14 +149,15 @@ def report_week(bench: Bench, repeats: int = 2) -> dict[str, Any]:
     from edgelog.report import Period, build
 
     period = Period.parse(week="2026-06-01")
-    n = 7 * 86400
-    built = build_buffer(bench.work / "week.sqlite3", n, interval_s=1.0, end=period.end_ts)
+    readings = 7 * 86400
+    built = build_buffer(bench.work / "week.sqlite3", readings, interval_s=1.0, end=period.end_ts)
     account = bench.account("report_week")
     cfg = bench.config(bench.config_text(account, built.path))
     buffer = Buffer(built.path, create=False)
     sink = MariaDBSink(cfg.mariadb, SITE, types=column_types(PAC3100.registers))
     try:
-        SyncWorker(buffer, sink, cfg.columns(), 2000, aggregates=Aggregates(sink, buffer)).drain()
+        aggregates = Aggregates(sink, buffer)
+        SyncWorker(buffer, sink, cfg.columns(), 2000, aggregates=aggregates, timings=Timings()).drain()
     finally:
         sink.close()
         buffer.close()
@@ -164,7 +172,60 @@ def report_week(bench: Bench, repeats: int = 2) -> dict[str, Any]:
             rows[way] = (agg.total_rows, label)
     bench.drop(account)
     raw_s, table_s = median(times["raw"]), median(times["table"])
-    return {"readings": n, "seconds": times, "rows_and_source": rows, "speedup": raw_s / table_s}
+    return {"readings": readings, "seconds": times, "rows_and_source": rows, "speedup": raw_s / table_s}
+
+
+def run(bench: Bench, results: dict[str, Any]) -> dict[str, Any]:
+    plan = bench.plan
+    out: dict[str, Any] = {}
+    with timed(bench.say, f"layout 1. bytes per row, {plan.layout_rows:,} rows, DOUBLE and FLOAT layouts"):
+        out["sizes"] = sizes(bench, plan.layout_rows)
+    with timed(bench.say, f"layout 2. sync --drain of {plan.layout_rows:,} rows with and without aggregates"):
+        out["drain"] = drains(bench, plan.layout_rows, plan.layout_pairs)
+    if not plan.quick:
+        with timed(bench.say, "layout 3. report of a week at 1 Hz: every raw row vs the per-minute table"):
+            out["report_week"] = report_week(bench)
+    return {"layout": out}
+
+
+def lines(r: dict[str, Any]) -> list[Line]:
+    layout = r["layout"]
+    s, d = layout["sizes"], layout["drain"]
+    out = [
+        (
+            "8 layout",
+            f"bytes per row (data + indexes), N={s['rows']:,}: DOUBLE, FLOAT; saved",
+            f"{s['double']['data_and_index_per_row']:.1f}, {s['float']['data_and_index_per_row']:.1f}; "
+            f"{100 * s['saved_share_data_and_index']:.1f} %",
+        ),
+        (
+            "8 layout",
+            "GiB a year at 1 Hz: DOUBLE, FLOAT; + per-minute, per-15-minute tables",
+            ", ".join(
+                f"{s['gib_per_year_at_1hz'][k]:.2f}" for k in ("double", "float", "float_1min", "float_15min")
+            ),
+        ),
+        (
+            "8 layout",
+            f"sync --drain, N={d['rows']:,}: rows/s without, with aggregates; ratio",
+            f"{n(d['without_rows_per_s'])}, {n(d['with_rows_per_s'])}; {d['ratio_median']:.2f}",
+        ),
+    ]
+    if "report_week" in layout:
+        w = layout["report_week"]
+        out.append(
+            (
+                "8 layout",
+                "report of a week: build() s from raw rows, from the per-minute table",
+                f"{median(w['seconds']['raw']):.1f}, {median(w['seconds']['table']):.1f} "
+                f"(x{w['speedup']:.1f})",
+            )
+        )
+    return out
+
+
+def targets(r: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    return []
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -176,42 +237,25 @@ def main(argv: list[str] | None = None) -> int:
         "--out", type=Path, default=Path(__file__).resolve().parent / "results" / "layout.json"
     )
     args = parser.parse_args(argv)
-    work = Path(tempfile.mkdtemp(prefix="edgelog-layout-"))
-
-    def say(text: str) -> None:
-        print(text, file=sys.stderr, flush=True)
-
-    bench = Bench(Plan.make(quick=True), work, say)
+    say = say_since(time.monotonic())
     started = time.time()
-    bench.start()
-    try:
-        result: dict[str, Any] = {"mariadb": bench.db.version()}
-        say(f"1. bytes per row, {args.rows:,} rows, DOUBLE and FLOAT layouts")
-        result["sizes"] = sizes(bench, args.rows)
-        say(f"2. edgelog sync --drain of {args.drain_rows:,} rows with and without the aggregate tables")
-        result["drain"] = drains(bench, args.drain_rows, args.pairs)
-        say("3. report of a week at 1 Hz: every raw row vs the per-minute table")
-        result["report_week"] = report_week(bench)
-        result["seconds"] = time.time() - started
-    finally:
-        bench.stop()
-        shutil.rmtree(work, ignore_errors=True)
+    with work_dir(None, "layout-") as work:
+        bench = Bench(Plan.make(quick=True), work, say)
+        bench.start()
+        try:
+            result: dict[str, Any] = {"mariadb": bench.db.version()}
+            say(f"1. bytes per row, {args.rows:,} rows, DOUBLE and FLOAT layouts")
+            result["sizes"] = sizes(bench, args.rows)
+            say(f"2. edgelog sync --drain of {args.drain_rows:,} rows with and without the aggregate tables")
+            result["drain"] = drains(bench, args.drain_rows, args.pairs)
+            say("3. report of a week at 1 Hz: every raw row vs the per-minute table")
+            result["report_week"] = report_week(bench)
+            result["seconds"] = time.time() - started
+        finally:
+            bench.stop()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
-    s, d = result["sizes"], result["drain"]
-    per_year = s["gib_per_year_at_1hz"]
-    w = result["report_week"]
-    print(
-        f"bytes/row (data+index): DOUBLE {s['double']['data_and_index_per_row']:.1f}, "
-        f"FLOAT {s['float']['data_and_index_per_row']:.1f} "
-        f"({100 * s['saved_share_data_and_index']:.1f} % less; data alone "
-        f"{100 * s['saved_share_data']:.1f} % less)\n"
-        f"per year at 1 Hz (GiB): {json.dumps({k: round(v, 3) for k, v in per_year.items()})}\n"
-        f"drain rows/s: without aggregates {d['without_rows_per_s']:,.0f}, with {d['with_rows_per_s']:,.0f} "
-        f"(ratio {d['ratio_median']:.2f})\n"
-        f"report of a week, build(): raw {median(w['seconds']['raw']):.1f} s, per-minute table "
-        f"{median(w['seconds']['table']):.1f} s (x{w['speedup']:.1f})"
-    )
+    print("\n".join(f"{a}  {b}: {c}" for a, b, c in lines({"layout": result})))
     return 0
 
 

@@ -27,7 +27,7 @@ backslash. Floats with 17 significant digits (they read back as the same double)
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -186,41 +186,60 @@ def load_bytes(conn: LoadingConnection, table: str, columns: Sequence[str], data
         return int(cur.warning_count)
 
 
-class LoadDataSink(MariaDBSink):
-    """MariaDBSink writing each batch with LOAD DATA LOCAL ... IGNORE streamed from memory
-    (formatting overlaps the server's inserting), then checking the warnings: anything but
-    a duplicate key and the batch is rolled back and written with the text INSERT."""
+class LoadDataSink:
+    """A sink (edgelog.sync.sink.Sink) writing each batch with one LOAD DATA LOCAL ... IGNORE
+    streamed from memory (formatting overlaps the server's inserting) on its own
+    connection, then checking the warnings: anything but a duplicate key and the batch
+    is rolled back and written by `text`, the product's sink on its plain path, which
+    also makes the table and answers the high-water mark."""
 
-    def _connection(self) -> Any:
+    def __init__(self, config: MariaDBConfig, site: str):
+        self.config = config
+        self.site = site
+        self.text = MariaDBSink(config, site, binary=False)
+        self.conn: LoadingConnection | None = None
+        self.stats = {"load_data": 0, "text": 0, "binary": 0}
+
+    def ensure_table(self, columns: Mapping[str, str]) -> None:
+        self.text.ensure_table(columns)
+
+    def high_water(self, buffer_id: str) -> int:
+        return self.text.high_water(buffer_id)
+
+    def node_state(self) -> tuple[str | None, str]:
+        return self.text.node_state()
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+        self.text.close()
+
+    def _connection(self) -> LoadingConnection:
         if self.conn is None:
-            conn = open_loading(self.config)
-            with conn.cursor() as cur:
+            self.conn = open_loading(self.config)
+            with self.conn.cursor() as cur:
                 cur.execute("SET SESSION max_error_count = 65535")
-            self.conn = conn
         return self.conn
 
     def write_batch(self, buffer_id: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         if not rows:
             return
+        conn = self._connection()
         formatter = TsvFormatter(self.site, buffer_id, len(columns))
-        names = [*INSERT_COLUMNS, *columns]
-
-        def work(cur: Any) -> bool:
-            conn: LoadingConnection = cur.connection
-            name = new_local_name()
+        name = new_local_name()
+        with conn.cursor() as cur:
             with conn.offering(name, formatter.chunks(rows)):
-                cur.execute(load_sql(self.config.table, names, name))
-            warnings = cur.warning_count
+                cur.execute(load_sql(self.config.table, [*INSERT_COLUMNS, *columns], name))
+            warnings, listed = cur.warning_count, []
             if warnings:
                 cur.execute("SHOW WARNINGS")
-                listed = cur.fetchall()
-                if len(listed) != warnings or any(int(w[1]) != DUPLICATE_KEY for w in listed):
-                    conn.rollback()
-                    return False
-            return True
-
-        if self._run(work):
-            self.stats["load_data"] = self.stats.get("load_data", 0) + 1
-        else:
-            self.stats["text"] += 1
-            self._insert_batch(buffer_id, columns, rows)
+                listed = list(cur.fetchall())
+        clean = len(listed) == warnings and all(int(w[1]) == DUPLICATE_KEY for w in listed)
+        if clean:
+            conn.commit()
+            self.stats["load_data"] += 1
+            return
+        conn.rollback()
+        self.stats["text"] += 1
+        self.text.write_batch(buffer_id, columns, rows)

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import math
 import os
 import signal
-import statistics
 import subprocess
 import threading
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,7 +50,16 @@ def terminate(proc: subprocess.Popen[bytes], timeout: float = 60.0) -> int:
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process, all threads."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return _stat_cpu(Path(f"/proc/{pid}/stat"))
+
+
+def thread_cpu_seconds(native_id: int) -> float:
+    """User + system CPU time of one thread of this process (`threading.Thread.native_id`)."""
+    return _stat_cpu(Path(f"/proc/self/task/{native_id}/stat"))
+
+
+def _stat_cpu(stat: Path) -> float:
+    fields = stat.read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / _TICK
 
 
@@ -148,16 +154,3 @@ class FsyncProbe:
 
     def between(self, start: float, end: float) -> list[float]:
         return [latency for at, latency in self.samples if start <= at <= end]
-
-
-def percentile(values: Sequence[float], p: float) -> float | None:
-    """The p-th percentile (0..100), nearest rank; None for no values."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = max(1, min(len(ordered), math.ceil(p / 100 * len(ordered))))
-    return ordered[rank - 1]
-
-
-def median(values: Sequence[float]) -> float | None:
-    return statistics.median(values) if values else None

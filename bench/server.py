@@ -47,12 +47,10 @@ class LoggerAccount:
     password_file: Path
 
 
-@dataclass
-class PrivateMariaDB:
+class ServerFiles:
+    """Where a private mariadbd keeps its files: all below `base`."""
+
     base: Path
-    params: tuple[str, ...] = SERVER_PARAMS
-    port: int = field(default_factory=free_port)
-    proc: subprocess.Popen[bytes] | None = None
 
     @property
     def socket(self) -> str:
@@ -61,6 +59,14 @@ class PrivateMariaDB:
     @property
     def datadir(self) -> Path:
         return self.base / "data"
+
+
+@dataclass
+class PrivateMariaDB(ServerFiles):
+    base: Path
+    params: tuple[str, ...] = SERVER_PARAMS
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 60.0) -> PrivateMariaDB:
         self.base.mkdir(parents=True, exist_ok=True)

@@ -3,9 +3,10 @@ default settings and MariaDB reachable.
 
     python -m bench.wear [--seconds 600] [--workdir DIR] [--out FILE]
 
-runs this measurement alone (`python -m bench` runs it with the others: section 7).
+runs this measurement alone (`python -m bench` runs it with the others: section 7;
+`python -m bench --only wear` too).
 
-Measured on the real process from outside, no probe: ``write_bytes`` of
+Measured on the real process from outside, its timings log off: ``write_bytes`` of
 ``/proc/<pid>/io`` (what the process caused to be written to storage, in file-system
 pages: the WAL frames, the pages of the ``-shm`` index the kernel writes back, the
 database pages a checkpoint copies) over a window that starts after a warm-up, and
@@ -22,7 +23,6 @@ import argparse
 import json
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -30,10 +30,19 @@ from typing import Any
 from edgelog.buffer import Buffer, Span
 from edgelog.profiles import PAC3100
 
+from .kit import ROOT, Bench, env, page_size, remove_buffer, say_since, timed, work_dir
+from .plan import Plan
 from .procs import terminate, write_bytes
-from .run import ROOT, Bench, Plan, _env
+from .table import Line, n, target
 
+TITLE = "bytes written per reading at 1 Hz (card wear)"
 INTERVAL_S = 1.0
+
+
+def run(bench: Bench, results: dict[str, Any]) -> dict[str, Any]:
+    plan = bench.plan
+    with timed(bench.say, f"7. `edgelog run` at 1 Hz for {plan.wear_s:.0f} s: bytes written per reading"):
+        return {"card_wear": card_wear(bench, plan.wear_s, plan.wear_warmup_s)}
 
 
 def card_wear(bench: Bench, seconds: float, warmup_s: float) -> dict[str, Any]:
@@ -42,15 +51,14 @@ def card_wear(bench: Bench, seconds: float, warmup_s: float) -> dict[str, Any]:
     account = bench.account("wear")
     bench.prepare_table(account)
     buffer = bench.work / "wear.sqlite3"
-    for ext in ("", "-wal", "-shm", "-reserve"):
-        Path(f"{buffer}{ext}").unlink(missing_ok=True)
+    remove_buffer(buffer)
     meters = [{"name": "pac1", "port": sim.port, "unit_id": PAC3100.unit_id, "interval_s": INTERVAL_S}]
     # [buffer] and [sync] left at their defaults
     config = bench.write_config("wear", bench.config_text(account, buffer, meters=meters))
     bench.settle()
     log = (bench.work / "wear.log").open("wb")
     cmd = [sys.executable, "-m", "edgelog", "--config", str(config), "run"]
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=_env(), cwd=ROOT)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env(), cwd=ROOT)
     try:
         _alive_for(proc, warmup_s)
         t0, w0 = time.time(), write_bytes(proc.pid)
@@ -66,7 +74,6 @@ def card_wear(bench: Bench, seconds: float, warmup_s: float) -> dict[str, Any]:
         readings = reader.count_between(Span(t0, t1))
         failed = readings - reader.count_between(Span(t0, t1, gaps=False))
         total = reader.readings_total()
-        page_size = reader.db.pragma("page_size")
     finally:
         reader.close()
     window = (w1 - w0) / readings if readings else None
@@ -83,7 +90,7 @@ def card_wear(bench: Bench, seconds: float, warmup_s: float) -> dict[str, Any]:
         "write_bytes_per_reading": window,
         "checkpoint_bytes_per_reading": checkpoint,
         "total_bytes_per_reading": window + checkpoint if window and checkpoint else None,
-        "page_size": page_size,
+        "page_size": page_size(buffer),
         "mariadb_rows": mariadb_rows,
         "readings_total": total,
         "exit_status": proc.returncode,
@@ -98,6 +105,28 @@ def _alive_for(proc: subprocess.Popen[bytes], seconds: float) -> None:
         time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
 
 
+def lines(r: dict[str, Any]) -> list[Line]:
+    cw = r["card_wear"]
+    return [
+        (
+            "7 wear",
+            f"edgelog run 1 Hz, {cw['seconds']:.0f} s: readings, bytes written per reading",
+            f"{cw['readings']:,}, {n(cw['write_bytes_per_reading'])}",
+        ),
+        (
+            "7 wear",
+            f"  + checkpoint share (database file per reading, {cw['page_size']}-byte pages) = total",
+            f"{n(cw['checkpoint_bytes_per_reading'])} = {n(cw['total_bytes_per_reading'])}",
+        ),
+    ]
+
+
+def targets(r: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    w = r["card_wear"]["total_bytes_per_reading"]
+    kib = None if w is None else round(w / 1024, 2)
+    return [target("bytes written per reading at 1 Hz (KiB)", kib, "<= 6", w is not None and w <= 6 * 1024)]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.wear", description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=Plan.make(False).wear_s, help="measured window")
@@ -105,26 +134,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="also write the figures here, as JSON")
     args = parser.parse_args(argv)
     plan = Plan.make(False)
-    started = time.monotonic()
-
-    def say(text: str) -> None:
-        print(f"[{time.monotonic() - started:7.1f} s] {text}", file=sys.stderr, flush=True)
-
-    def measure(work: Path) -> dict[str, Any]:
-        bench = Bench(plan, work, say)
+    with work_dir(args.workdir, "wear-") as work:
+        bench = Bench(plan, work, say_since(time.monotonic()))
         bench.start()
         try:
-            return card_wear(bench, args.seconds, plan.wear_warmup_s)
+            result = card_wear(bench, args.seconds, plan.wear_warmup_s)
         finally:
             bench.stop()
-
-    if args.workdir:
-        args.workdir.mkdir(parents=True, exist_ok=True)
-        result = measure(Path(tempfile.mkdtemp(prefix="wear-", dir=args.workdir)))
-    else:
-        # not /tmp if it is a tmpfs: write_bytes must count a real disk
-        with tempfile.TemporaryDirectory(prefix="edgelog-wear-", dir="/var/tmp") as tmp:
-            result = measure(Path(tmp))
     text = json.dumps(result, indent=1)
     print(text)
     if args.out:

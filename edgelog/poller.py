@@ -17,7 +17,10 @@ next poll is due, never longer: a slow disk delays durability, never a sample.
 The thread notes its progress (`beat`) at every turn of its loop, before every
 poll and while a poll waits for its commit; `stalled_s()` tells the supervisor
 (which pings the systemd watchdog) how long it has been stuck beyond what a poll
-may take.
+may take. Before each poll it notes what the poll is for (`polling`: its grid
+instant and start), which the reading carries to the buffer writer for the
+timings log (`edgelog/timings.py`); when the thread ends, the cadence's counters
+go to that log too.
 
 Faults logged as episodes (`episodes.Episode`), not once a poll: a meter that
 fails (`FaultLog`), slots skipped (`SkipLog`), commits slower than the polls
@@ -32,12 +35,13 @@ from collections.abc import Callable
 
 from .buffer import NewReading
 from .buffer.writer import Writer
-from .cadence import Cadence, Clock
+from .cadence import Cadence, Clock, GridJob
 from .clockguard import ClockGuard
 from .config import BusBudget
 from .episodes import Episode
 from .errors import MeterError
 from .meter import Meter
+from .timings import Polled, from_env
 
 log = logging.getLogger(__name__)
 
@@ -83,12 +87,15 @@ class BusPoller:
         requests = max(len(m.plan) for m in meters)
         self.poll_limit_s = 2 * requests * budget.timeout_s * (1 + budget.retries)
         self.cadence = Cadence(clock=clock, on_jump=on_jump)
+        self._jobs: dict[str, GridJob] = {}
         for meter in meters:
-            self.cadence.every(
+            self._jobs[meter.name] = self.cadence.every(
                 meter.config.interval_s,
                 lambda m=meter: self.poll(m),
                 on_missed=lambda slots, m=meter: self.missed(m, slots),
             )
+        #: the poll running now (or last): its grid instant and start, for the timings log
+        self.polling: Polled | None = None
         self._beat = clock.monotonic()
         self.thread: threading.Thread | None = None
 
@@ -100,6 +107,8 @@ class BusPoller:
         the row's `measured_at`: the slot it is in is covered."""
         self.beat()
         started = self.clock.monotonic()
+        job = self._jobs.get(meter.name)
+        self.polling = Polled(job.due_at if job else None, self.clock.wall())
         try:
             reading = meter.read()
         except MeterError as exc:
@@ -122,7 +131,7 @@ class BusPoller:
         self.skips.add(meter.name, len(slots))
 
     def _hand_over(self, new: NewReading, interval_s: float, started: float) -> None:
-        handoff = self.writer.put(new)
+        handoff = self.writer.put(new, self.polling)
         self.beat()
         now = self.clock.monotonic()
         # Wait until a little before the bus's next poll is due (its cadence schedules the
@@ -149,12 +158,23 @@ class BusPoller:
         """Start the thread; it returns soon after `stop` is set (a poll in flight finishes)."""
         self._beat = self.clock.monotonic()
         self.thread = threading.Thread(
-            target=self.cadence.run,
-            args=(stop, MAX_SLEEP_S, self.beat),
+            target=self._run,
+            args=(stop,),
             name=f"bus {self.label}",
             daemon=True,  # a poll hung for good must not keep the process from exiting
         )
         self.thread.start()
+
+    def _run(self, stop: threading.Event) -> None:
+        """(The thread.) The cadence until `stop`; then its counters to the timings log."""
+        try:
+            self.cadence.run(stop, MAX_SLEEP_S, self.beat)
+        finally:
+            timings = from_env()
+            if timings.on:
+                for name, job in self._jobs.items():
+                    stats = job.stats
+                    timings.cadence(name, job.interval_s, stats.runs, stats.missed, stats.clock_jumps)
 
     def is_alive(self) -> bool:
         return self.thread is not None and self.thread.is_alive()

@@ -108,6 +108,11 @@ def test_quick_bench_json_keys_and_values(
     assert live["mariadb_rows"] == live["mariadb_distinct"] >= live["backlog_rows"]
     assert live["live_readings_during_drain"] > 0
     assert all(_positive(v) for k, v in live["rss_mib_during_drain"].items() if k.startswith("at_"))
+    # from the logger's own timings log: its cadence's counters at stop, its sink's statements
+    (counters,) = live["cadence_counters"]
+    assert counters["interval_s"] == live["interval_s"]
+    assert counters["runs"] >= live["live_readings_during_drain"] > 0
+    assert live["sink_stats"]["binary"] > 0
 
     s = r["steady"]
     assert s["exit_status"] == 0
@@ -115,6 +120,7 @@ def test_quick_bench_json_keys_and_values(
     assert s["requests_per_poll_planned"] >= 1
     assert abs(s["requests_per_poll"] - s["requests_per_poll_planned"]) < 0.05
     assert s["response_to_durable"]["n"] == s["readings"]
+    assert [c["runs"] for c in s["cadence_counters"]] == [s["readings"]]  # every run left a row
     assert _positive(s["rss_mib_steady_median"]) and _positive(s["write_bytes_per_reading"])
 
     w = r["card_wear"]

@@ -28,6 +28,9 @@ power cut then loses the readings of the group being collected: up to
 `commit_every_s` seconds of them (docs/guarantees.md). The poll thread never
 waits for a group's commit (`Handoff.done` is set when the reading is handed
 over). A task (housekeeping) or a stop commits the group first.
+
+With ``$EDGELOG_TIMINGS`` set (`edgelog/timings.py`), the writer notes each row it
+committed (with the poll it came from, `Polled`) and each task, in that log.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from ..timings import Polled, Timings, from_env
 from .store import NewReading
 
 log = logging.getLogger(__name__)
@@ -55,6 +59,7 @@ class Handoff:
     or at once when readings are committed in groups (the poll thread need not wait)."""
 
     reading: NewReading
+    polled: Polled | None = None  # the poll it came from (None: a gap for a skipped slot)
     done: threading.Event = field(default_factory=threading.Event)
 
 
@@ -69,8 +74,10 @@ class Writer:
         on_start: Callable[[], object] | None = None,
         on_exit: Callable[[], object] | None = None,
         commit_every_s: float = 0.0,
+        timings: Timings | None = None,
     ):
         self._store = store
+        self.timings = from_env() if timings is None else timings
         self.commit_every_s = commit_every_s
         self._on_start = on_start
         self._on_exit = on_exit
@@ -92,8 +99,9 @@ class Writer:
         """The thread runs (False before start, after stop, and after it died)."""
         return self._thread is not None and self._thread.is_alive()
 
-    def put(self, reading: NewReading) -> Handoff:
-        handoff = Handoff(reading)
+    def put(self, reading: NewReading, polled: Polled | None = None) -> Handoff:
+        """Hand `reading` over (from the poll `polled`, for the timings log)."""
+        handoff = Handoff(reading, polled)
         if self.commit_every_s:
             handoff.done.set()
         self._queue.put(handoff)  # blocks only with max_pending items waiting
@@ -138,12 +146,12 @@ class Writer:
                     if item is None:
                         running = False
                         break
-                    self._guarded(item)
+                    self._task(item)
                 if not running or time.monotonic() >= due:
                     group = self._flush(group)
                 if running and self._later and self._queue.empty():
                     group = self._flush(group)
-                    self._guarded(self._later.popleft())
+                    self._task(self._later.popleft())
         finally:
             if self._on_exit is not None:
                 self._guarded(self._on_exit)
@@ -166,9 +174,19 @@ class Writer:
             try:
                 self._guarded(lambda: self._store([h.reading for h in group]))
             finally:
+                if self.timings.on:
+                    for h in group:
+                        r = h.reading
+                        self.timings.reading(r.meter, h.polled, r.measured_at, r.error is not None)
                 for handoff in group:
                     handoff.done.set()
         return []
+
+    def _task(self, task: Callable[[], object]) -> None:
+        started = time.time()
+        self._guarded(task)
+        if self.timings.on:
+            self.timings.task(started)
 
     @staticmethod
     def _guarded(task: Callable[[], object]) -> None:

@@ -4,6 +4,8 @@ curve, load per phase, the days, frequency and voltage against load)."""
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
+from typing import Any
 
 import matplotlib
 import matplotlib.dates as mdates
@@ -48,11 +50,14 @@ def study_figure(agg: Aggregator, s: Summary, period: Period, meta) -> Figure:
 def _plant_lines(ax, s: Summary, lang: str, horizontal: bool = True, kva: bool = True) -> None:
     line = ax.axhline if horizontal else ax.axvline
     if kva and s.plant.generator_kva:
-        x = number(s.plant.generator_kva, lang)
-        line(s.plant.generator_kva, color=LIMIT_COLOUR, ls="--", lw=0.9, label=t(lang, "generator", x=x))
+        _mark(line, s.plant.generator_kva, lang, "generator", color=LIMIT_COLOUR, ls="--", lw=0.9)
     if s.plant.hydraulic_kw:
-        x = number(s.plant.hydraulic_kw, lang)
-        line(s.plant.hydraulic_kw, color=WATER_COLOUR, ls=":", lw=1.1, label=t(lang, "water", x=x))
+        _mark(line, s.plant.hydraulic_kw, lang, "water", color=WATER_COLOUR, ls=":", lw=1.1)
+
+
+def _mark(line: Callable[..., Any], value: float, lang: str, key: str, **style: Any) -> None:
+    """A plant figure as a line (`ax.axhline`, `ax.axvline`), labelled with its value."""
+    line(value, label=t(lang, key, x=number(value, lang)), **style)
 
 
 def _typical(ax, agg: Aggregator, s: Summary, period: Period, lang: str) -> None:
@@ -109,14 +114,8 @@ def _phases(ax, agg: Aggregator, s: Summary, lang: str, colours: dict[int, str])
     for key, alpha in (("i_mean", 1.0), ("i_peak", 0.6), ("i_max", 0.3)):
         ax.bar(np.nan, np.nan, color="#555555", alpha=alpha, label=t(lang, key))
     if s.capacity.rated_current_a:
-        x = number(s.capacity.rated_current_a, lang)
-        ax.axhline(
-            s.capacity.rated_current_a,
-            color=LIMIT_COLOUR,
-            ls="--",
-            lw=0.9,
-            label=t(lang, "rated_current", x=x),
-        )
+        rated = s.capacity.rated_current_a
+        _mark(ax.axhline, rated, lang, "rated_current", color=LIMIT_COLOUR, ls="--", lw=0.9)
     ax.set_xticks(range(len(names)), [label for label, _, _ in names])
     ax.set_ylabel("A")
     ax.legend(loc="upper right", frameon=False, fontsize=6.5)
@@ -158,16 +157,8 @@ def _against_load(f_ax, v_ax, agg: Aggregator, s: Summary, lang: str) -> None:
         have = np.isfinite(p) & np.isfinite(y)
         ax.scatter(p[have], y[have], s=2, color="#333333", alpha=0.3, lw=0, rasterized=True, zorder=3)
         if s.plant.hydraulic_kw:
-            x = number(s.plant.hydraulic_kw, lang)
-            ax.axvline(
-                s.plant.hydraulic_kw,
-                color=WATER_COLOUR,
-                ls=":",
-                lw=1.0,
-                alpha=0.6,
-                zorder=1,
-                label=t(lang, "water", x=x),
-            )
+            style = {"color": WATER_COLOUR, "ls": ":", "lw": 1.0, "alpha": 0.6, "zorder": 1}
+            _mark(ax.axvline, s.plant.hydraulic_kw, lang, "water", **style)
         ax.set_xlabel(t(lang, "p_kw"))
         ax.set_ylabel(ylabel)
         ax.set_xlim(left=0)

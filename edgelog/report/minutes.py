@@ -154,14 +154,8 @@ def _columns(report: str, column: str) -> list[str]:
 def _seed(src: MariaDBSource, agg: Aggregator) -> int | None:
     """Feed the period's first rows' times to the interval and the event detector's spacing,
     in the chunks the raw path reads; None when the period has too few rows to bother."""
-    where, params = src._where()
-    sql = (
-        f"SELECT UNIX_TIMESTAMP(measured_at) FROM {quote(src.config.table)} WHERE {where} "
-        f"ORDER BY measured_at, seq LIMIT {SEED_ROWS}"
-    )
-    with src.conn.cursor() as cur:
-        cur.execute(sql, params)
-        times = np.array([float(at) for (at,) in cur.fetchall()])
+    rows = _select_raw(src, "UNIX_TIMESTAMP(measured_at)", f"ORDER BY measured_at, seq LIMIT {SEED_ROWS}")
+    times = np.array([float(at) for (at,) in rows])
     if len(times) < SEED_ROWS:
         return None  # a small period: the raw path is as quick
     for start in range(0, len(times), CHUNK_ROWS):
@@ -178,14 +172,16 @@ def _seed(src: MariaDBSource, agg: Aggregator) -> int | None:
 
 def _raw_counts(src: MariaDBSource) -> dict[int, int]:
     """Raw rows per unix minute of the period."""
+    rows = _select_raw(src, "FLOOR(UNIX_TIMESTAMP(measured_at) / 60), COUNT(*)", "GROUP BY 1")
+    return {int(m): int(n) for m, n in rows}
+
+
+def _select_raw(src: MariaDBSource, select: str, tail: str) -> tuple[tuple[Any, ...], ...]:
+    """`SELECT select` over the period's raw rows, then `tail` (ORDER BY, GROUP BY, LIMIT)."""
     where, params = src._where()
-    sql = (
-        f"SELECT FLOOR(UNIX_TIMESTAMP(measured_at) / 60), COUNT(*) FROM {quote(src.config.table)} "
-        f"WHERE {where} GROUP BY 1"
-    )
     with src.conn.cursor() as cur:
-        cur.execute(sql, params)
-        return {int(m): int(n) for m, n in cur.fetchall()}
+        cur.execute(f"SELECT {select} FROM {quote(src.config.table)} WHERE {where} {tail}", params)
+        return cur.fetchall()
 
 
 def _table_rows(

@@ -26,6 +26,9 @@ refused like any other row (and so, in time, quarantined).
 Aggregate tables (`aggregates.Aggregates`, `[mariadb] aggregates`): each batch is
 noted before it is written, and the minutes it touched are summarised once per
 drain round, after the rows are committed; a failure there never fails the sync.
+
+With ``$EDGELOG_TIMINGS`` set (`edgelog/timings.py`), each move of the position and
+each drain is noted in that log.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from ..buffer import Buffer
 from ..config import SyncConfig
 from ..episodes import Episode
 from ..errors import ConfigError, EdgelogError, SinkRejected, SinkTooLarge, SinkUnavailable
+from ..timings import Timings, from_env
 from .aggregates import NoAggregates
 from .fit import BatchFit
 from .nodes import NODE_KEY, NODES_FAILED_KEY
@@ -70,6 +74,7 @@ class SyncWorker:
         config: SyncConfig | None = None,
         clock: Callable[[], float] = time.time,
         aggregates: NoAggregates | None = None,
+        timings: Timings | None = None,
     ):
         self.buffer = buffer
         self.sink = sink
@@ -79,6 +84,7 @@ class SyncWorker:
         self.clock = clock
         #: the aggregate tables: told of each batch before it is written, updated after each drain
         self.aggregates = aggregates or NoAggregates()
+        self.timings = from_env() if timings is None else timings
         #: failed rounds in a row: an episode (logged at its start, 10th, 100th, every 1000th)
         self.failing = Episode()
         self.rejections: dict[int, int] = {}  # seq -> rounds in which the sink refused it
@@ -177,6 +183,8 @@ class SyncWorker:
                     rate = accepted / max(time.monotonic() - started, 1e-6)
                     batch = (part[0][0], len(part))
                     self.buffer.mark_sent(part[-1][0], at=self.clock(), rate=rate, batch=batch)
+                    if self.timings.on:
+                        self.timings.sent(part[-1][0], len(part))
 
             def on_rejected(row: Row, reason: str) -> None:
                 if not refused:  # nothing after it is written before the hold is recorded
@@ -240,6 +248,7 @@ class SyncWorker:
         With `retry_rejected`, a refused row is tried again at once (up to quarantine);
         without, the SinkRejected propagates so the caller can back off first."""
         total = 0
+        started = time.time()
         try:
             while not should_stop():
                 try:
@@ -260,6 +269,9 @@ class SyncWorker:
             self.aggregates.flush()
         self.buffer.record_sync_error(None, at=self.clock())
         self._record_kind(None)
+        if self.timings.on:
+            stats = getattr(self.sink, "stats", None)
+            self.timings.drain(started, total, dict(stats) if isinstance(stats, dict) else None)
         return total
 
     def _too_large(self, n_rows: int, exc: SinkTooLarge) -> None:
