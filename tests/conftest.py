@@ -1,4 +1,6 @@
-"""Shared fixtures: a real MariaDB (pytest-mysql), a real Modbus server, config files.
+"""The fixtures of every test directory: a real MariaDB (pytest-mysql, or a private
+mariadbd a test may stop, or a 3-node Galera cluster), real Modbus servers, `edgelog run`
+handles, a TCP proxy that fails like a network. The helpers they build on are in helpers.py.
 
 Nothing here is a fake: the MariaDB is Debian's mariadbd started for this test
 session, the meter is pymodbus's server running the PAC3100 simulator.
@@ -6,29 +8,36 @@ session, the meter is pymodbus's server running the PAC3100 simulator.
 
 from __future__ import annotations
 
-import math
 import os
-import secrets
-import signal
-import sqlite3
-import subprocess
-import sys
-import time
-from collections import defaultdict
-from collections.abc import Iterator
-from contextlib import closing
-from dataclasses import dataclass
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pymysql
 import pytest
+from faults.proxy import TcpProxy
+from helpers import (
+    COLUMNS,
+    FAST_SYNC,
+    Account,
+    Logger,
+    LoggerDB,
+    OwnMariaDB,
+    create_logger_db,
+    drop_logger_db,
+    free_port,
+    meter_toml,
+    write_config,
+)
 
+from edgelog.buffer import Buffer
 from edgelog.profiles import PAC3100_ENERGIA
 from edgelog.simulate import Pac3100Simulator, SimulatorThread
 
-ROOT = Path(__file__).resolve().parent.parent
-PRIVILEGES = "SELECT, INSERT, UPDATE, CREATE, ALTER, INDEX"
+if TYPE_CHECKING:
+    from bench import galera
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -43,65 +52,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         report.longrepr = f"skipped where skips are not allowed (EDGELOG_NO_SKIPS=1): {reason}"
 
 
-@dataclass
-class LoggerDB:
-    """A fresh database and a least-privilege user for one test."""
-
-    database: str
-    user: str
-    password_file: Path
-    socket: str
-    host: str
-    port: int
-    root: Any  # pymysql connection as root
-
-    def toml(self, transport: str = "socket", **extra: Any) -> str:
-        lines = [
-            "[mariadb]",
-            f'user = "{self.user}"',
-            f'password_file = "{self.password_file}"',
-            f'database = "{self.database}"',
-        ]
-        if transport == "socket":
-            lines.append(f'unix_socket = "{self.socket}"')
-        else:
-            lines += [f'host = "{self.host}"', f"port = {self.port}"]
-        lines += [f"{k} = {_toml_value(v)}" for k, v in extra.items()]
-        return "\n".join(lines) + "\n"
-
-    def query(self, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
-        with self.root.cursor() as cur:
-            cur.execute(sql, params)
-            rows = list(cur.fetchall())
-        self.root.commit()
-        return rows
-
-    def rows(self, table: str = "medicoes", columns: str = "*") -> list[dict[str, Any]]:
-        """The table's rows by seq; "*": every column, a FLOAT one as the exact float32 value
-        (MariaDB's text protocol would give 6 digits: edgelog/sync/schema.py)."""
-        if columns == "*":
-            types = self.query(
-                "SELECT column_name, data_type FROM information_schema.columns "
-                "WHERE table_schema = %s AND table_name = %s ORDER BY ordinal_position",
-                (self.database, table),
-            )
-            columns = ", ".join(
-                f"CAST(`{name}` AS DOUBLE) AS `{name}`" if kind == "float" else f"`{name}`"
-                for name, kind in types
-            )
-        with self.root.cursor(pymysql.cursors.DictCursor) as cur:
-            cur.execute(f"SELECT {columns} FROM `{self.database}`.`{table}` ORDER BY seq")
-            rows = list(cur.fetchall())
-        self.root.commit()
-        return rows
-
-
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, str):
-        return f'"{v}"'
-    return str(v)
+# -- MariaDB -------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="session")
@@ -111,166 +62,169 @@ def mariadb_root(mysql_proc) -> Iterator[Any]:
     conn.close()
 
 
-def create_logger_db(root: Any, socket: str, port: int, password_file: Path) -> LoggerDB:
-    """A database named like the real one plus a suffix, and a user holding only
-    the privileges the README asks for (no DELETE, no DROP), on the server `root`
-    is logged in to; the user's password goes to `password_file` (0600)."""
-    suffix = secrets.token_hex(4)
-    database, user = f"chapada_imperial_{suffix}", f"edgelog_{suffix}"
-    password = secrets.token_urlsafe(18)
-    with root.cursor() as cur:
-        cur.execute(f"CREATE DATABASE `{database}`")
-        for host in ("localhost", "127.0.0.1"):
-            cur.execute(f"CREATE USER '{user}'@'{host}' IDENTIFIED BY %s", (password,))
-            cur.execute(f"GRANT {PRIVILEGES} ON `{database}`.* TO '{user}'@'{host}'")
-    password_file.write_text(password + "\n")
-    password_file.chmod(0o600)
-    return LoggerDB(database, user, password_file, socket, "127.0.0.1", port, root)
-
-
 @pytest.fixture
 def logger_db(mysql_proc, mariadb_root, tmp_path: Path) -> Iterator[LoggerDB]:
     """`create_logger_db` on the session's MariaDB, dropped afterwards."""
     db = create_logger_db(mariadb_root, mysql_proc.unixsocket, mysql_proc.port, tmp_path / "mariadb.password")
     yield db
-    database, user = db.database, db.user
-    with mariadb_root.cursor() as cur:
-        cur.execute(f"DROP DATABASE IF EXISTS `{database}`")
-        for host in ("localhost", "127.0.0.1"):
-            cur.execute(f"DROP USER IF EXISTS '{user}'@'{host}'")
+
+    def as_root(sql: str) -> None:
+        with mariadb_root.cursor() as cur:
+            cur.execute(sql)
+
+    drop_logger_db(as_root, db)
+
+
+@pytest.fixture
+def own_mariadb(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OwnMariaDB]:
+    """A private mariadbd this test may stop and start (the session one must stay up:
+    every test shares it)."""
+    from pytest_mysql.config import get_config
+    from pytest_mysql.executor import MySQLExecutor
+
+    config = get_config(request)
+    base = tmp_path_factory.mktemp("own-mariadb")
+    executor = MySQLExecutor(
+        mysqld_safe=config.mysqld_safe,
+        mysqld=config.mysqld,
+        admin_exec=config.admin,
+        logfile_path=str(base / "mariadb.log"),
+        base_directory=base,
+        params=config.params,
+        user=config.user or "root",
+        host="127.0.0.1",
+        port=free_port(),
+        install_db=config.install_db,
+    )
+    executor.start()
+    try:
+        yield OwnMariaDB(executor)
+    finally:
+        if executor.running():
+            executor.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def proxy(mysql_proc, logger_db) -> Iterator[TcpProxy]:
+    """A TCP proxy in front of the session MariaDB (closed before logger_db drops its
+    database: sessions the proxy left open in the server would block the DROP)."""
+    p = TcpProxy(mysql_proc.port)
+    yield p
+    p.close()
+
+
+# -- Galera --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[galera.Cluster]:
+    """A real 3-node Galera cluster for the session (bench/galera.py starts it, as for the
+    bench), under /var/tmp, which the nodes' user `mysql` can traverse (pytest's own temp
+    directories are 0700). At the end every node is stopped by its pid, killed if it must."""
+    from bench import galera
+
+    why = galera.missing()
+    if why:
+        pytest.skip(why)
+    base = Path(tempfile.mkdtemp(prefix="edgelog-galera-", dir="/var/tmp"))
+    base.chmod(0o755)  # the nodes run as mysql
+    started = galera.Cluster(base / "cluster")
+    try:
+        started.start()
+        yield started
+    finally:
+        started.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def healthy(cluster: galera.Cluster) -> galera.Cluster:
+    """The session's cluster, every node running and Synced (frozen nodes thawed, killed
+    ones started again)."""
+    cluster.heal()
+    return cluster
+
+
+@pytest.fixture
+def account(healthy: galera.Cluster, tmp_path: Path) -> Iterator[Account]:
+    """A database and a least-privilege user of its own on the cluster."""
+    first = healthy.nodes[0]
+    db = create_logger_db(first.root(), first.socket, first.port, tmp_path / "galera.password")
+    yield Account(db, healthy)
+    db.root.close()
+    healthy.heal()
+    drop_logger_db(healthy.running_node().query, db)
+
+
+# -- meters and the logger -----------------------------------------------------------------
+
+
+def _simulator(sim: Pac3100Simulator) -> Iterator[SimulatorThread]:
+    thread = SimulatorThread(sim).start()
+    yield thread
+    thread.stop()
 
 
 @pytest.fixture
 def simulator() -> Iterator[SimulatorThread]:
     """A PAC3100 simulator on a free TCP port of 127.0.0.1."""
-    thread = SimulatorThread(Pac3100Simulator()).start()
-    yield thread
-    thread.stop()
+    yield from _simulator(Pac3100Simulator())
+
+
+@pytest.fixture
+def sim2() -> Iterator[SimulatorThread]:
+    """A second PAC3100 simulator (a second meter, on its own port)."""
+    yield from _simulator(Pac3100Simulator())
 
 
 @pytest.fixture
 def simulator_energia() -> Iterator[SimulatorThread]:
     """A PAC3100 simulator that also serves the energy counters (profile pac3100-energia)."""
-    thread = SimulatorThread(Pac3100Simulator(profile=PAC3100_ENERGIA)).start()
-    yield thread
-    thread.stop()
+    yield from _simulator(Pac3100Simulator(profile=PAC3100_ENERGIA))
 
 
-def meter_toml(port: int, name: str = "pac1", interval_s: float = 1.0, **extra: Any) -> str:
-    lines = [
-        "[[meters]]",
-        f'name = "{name}"',
-        'transport = "tcp"',
-        'host = "127.0.0.1"',
-        f"port = {port}",
-        f"interval_s = {interval_s}",
-        # within the bus's time budget (timeout_s < interval_s), as the config requires
-        f"timeout_s = {round(min(0.5, 0.75 * interval_s), 3)}",
-    ]
-    lines += [f"{k} = {_toml_value(v)}" for k, v in extra.items()]
-    return "\n".join(lines) + "\n"
+@pytest.fixture
+def run_config(tmp_path: Path, simulator: SimulatorThread, logger_db: LoggerDB) -> Path:
+    """tmp_path/edgelog.toml: the test's MariaDB over its socket, the simulator polled every 0.2 s."""
+    return write_config(tmp_path, logger_db.toml(), meter_toml(simulator.port, interval_s=0.2))
 
 
-def write_config(
-    tmp_path: Path,
-    *sections: str,
-    site: str = "test-site",
-    buffer: Path | None = None,
-    sync_interval_s: float = 0.5,
-) -> Path:
-    buffer = buffer or tmp_path / "buffer.sqlite3"
-    text = (
-        f'site = "{site}"\n\n[buffer]\npath = "{buffer}"\n\n'
-        f"[sync]\ninterval_s = {sync_interval_s}\nbackoff_initial_s = 0.2\nbackoff_max_s = 2\n\n"
-        + "\n".join(sections)
-    )
-    path = tmp_path / "edgelog.toml"
-    path.write_text(text)
-    path.chmod(0o600)
-    return path
+@pytest.fixture
+def offline_config(tmp_path: Path, simulator: SimulatorThread, logger_db: LoggerDB) -> Path:
+    """`run_config` with MariaDB unreachable (a port of 127.0.0.1 where nothing listens)."""
+    return write_config(tmp_path, logger_db.unreachable_toml(), meter_toml(simulator.port, interval_s=0.2))
 
 
-def edgelog(
-    *args: str, config: Path | None = None, timeout: float = 60, check: bool = False
-) -> subprocess.CompletedProcess[str]:
-    """Run the real `edgelog` command line in a subprocess."""
-    cmd = [sys.executable, "-m", "edgelog"]
-    if config is not None:
-        cmd += ["--config", str(config)]
-    result = subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=timeout, env=_env())
-    if check and result.returncode != 0:
-        raise AssertionError(f"edgelog {args} exited {result.returncode}: {result.stderr}")
-    return result
+@pytest.fixture
+def buffer(tmp_path: Path) -> Iterator[Buffer]:
+    """A buffer of the pac3100's columns, tmp_path/buffer.sqlite3, open for the test."""
+    b = Buffer(tmp_path / "buffer.sqlite3", COLUMNS)
+    yield b
+    b.close()
 
 
-#: tests/inject/sitecustomize.py: test-only faults injected inside an `edgelog` process.
-INJECT = ROOT / "tests" / "inject"
+@pytest.fixture
+def logger_factory(tmp_path: Path) -> Iterator[Callable[..., Logger]]:
+    """Make `Logger` handles of the fault tests: `edgelog run` on a config of these sections
+    (`write_config` in tmp_path, the sync faster: FAST_SYNC updated by `sync`), with `env`,
+    its output in tmp_path/`log`. Any process still running at the end is killed."""
+    made: list[Logger] = []
 
+    def make(
+        *sections: str,
+        sync: Mapping[str, Any] | None = None,
+        env: Mapping[str, str] | None = None,
+        log: str = "run.log",
+        **keys: Any,
+    ) -> Logger:
+        config = write_config(tmp_path, *sections, sync={**FAST_SYNC, **(sync or {})}, **keys)
+        logger = Logger(config=config, log=tmp_path / log, env=dict(env or {}))
+        made.append(logger)
+        return logger
 
-def start_edgelog(
-    *args: str, config: Path, log: Path, fault: str | None = None, env: dict[str, str] | None = None
-) -> subprocess.Popen[bytes]:
-    """`edgelog --config CONFIG ARGS` in the background, its output appended to `log`.
-    `fault` (even "") puts tests/inject first on PYTHONPATH with EDGELOG_TEST_FAULT=fault."""
-    cmd = [sys.executable, "-m", "edgelog", "--config", str(config), *args]
-    full = _env()
-    if fault is not None:
-        full["PYTHONPATH"] = f"{INJECT}{os.pathsep}{ROOT}"
-        full["EDGELOG_TEST_FAULT"] = fault
-    full.update(env or {})
-    return subprocess.Popen(cmd, stdout=log.open("ab"), stderr=subprocess.STDOUT, env=full)
-
-
-def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 30) -> int:
-    proc.send_signal(sig)
-    return proc.wait(timeout)
-
-
-def wait_for(predicate, timeout: float = 20, every: float = 0.1, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("EDGELOG_CONFIG", None)
-    env.pop("NOTIFY_SOCKET", None)
-    env["PYTHONPATH"] = str(ROOT)
-    return env
-
-
-# -- one row per slot ---------------------------------------------------------------------
-
-
-def rows_by_meter(buffer: Path) -> dict[str, list[tuple[float, str | None]]]:
-    """(measured_at, error) of every row of the buffer, per meter, in seq order (read-only)."""
-    with closing(sqlite3.connect(f"file:{buffer}?mode=ro", uri=True, timeout=30)) as conn:
-        rows = conn.execute("SELECT meter, measured_at, error FROM readings ORDER BY seq").fetchall()
-    out: dict[str, list[tuple[float, str | None]]] = defaultdict(list)
-    for meter, at, error in rows:
-        out[meter].append((at, error))
-    return out
-
-
-def common_slots(rows: dict[str, list[tuple[float, Any]]], interval: float) -> range:
-    """The slots every meter was polled through: from the latest first slot to the
-    earliest last one (the threads start, and stop, a moment apart)."""
-    first = max(min(math.floor(at / interval) for at, _ in r) for r in rows.values())
-    last = min(max(math.floor(at / interval) for at, _ in r) for r in rows.values())
-    return range(first, last + 1)
-
-
-def one_row_per_slot(meter_rows: list[tuple[float, Any]], slots: range, interval: float) -> list[Any]:
-    """The `error` of the meter's row in each slot; fails unless there is exactly one."""
-    by_slot: dict[int, list[Any]] = defaultdict(list)
-    for at, error in meter_rows:
-        by_slot[math.floor(at / interval)].append(error)
-    missing = [k for k in slots if k not in by_slot]
-    doubled = [k for k in slots if len(by_slot.get(k, [])) > 1]
-    assert not missing and not doubled, (missing, doubled)
-    return [by_slot[k][0] for k in slots]
+    yield make
+    for logger in made:
+        logger.ensure_stopped()

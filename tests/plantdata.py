@@ -14,11 +14,10 @@ import datetime as dt
 from collections.abc import Iterable
 from pathlib import Path
 
-from conftest import LoggerDB
+from helpers import COLUMNS, UNITS, LoggerDB
 
 from edgelog.buffer import Buffer
 from edgelog.buffer.store import NewReading
-from edgelog.config import MariaDBConfig
 from edgelog.profiles import PAC3100
 from edgelog.simulate import Disturbance, Plant, as_float32, plant_values
 from edgelog.sync import MariaDBSink, SyncWorker
@@ -26,8 +25,6 @@ from edgelog.sync.aggregates import Aggregates
 from edgelog.sync.schema import column_types
 
 SITE = "test-site"
-COLUMNS = [r.name for r in PAC3100.registers]
-UNITS = {r.name: r.unit for r in PAC3100.registers}
 TYPES = column_types(PAC3100.registers)
 #: 2026-06-01 00:00 in Brasília (UTC-3), a Monday
 START = dt.datetime(2026, 6, 1, 3, 0, tzinfo=dt.UTC).timestamp()
@@ -77,16 +74,6 @@ def readings(
     return out
 
 
-def mariadb_config(logger_db: LoggerDB, **extra: object) -> MariaDBConfig:
-    return MariaDBConfig(
-        user=logger_db.user,
-        password_file=logger_db.password_file,
-        unix_socket=logger_db.socket,
-        database=logger_db.database,
-        **extra,  # type: ignore[arg-type]
-    )
-
-
 def append(path: Path, rows: Iterable[NewReading]) -> None:
     buffer = Buffer(path, COLUMNS)
     try:
@@ -99,7 +86,7 @@ def sync(path: Path, logger_db: LoggerDB, aggregates: bool = True, stop_after: i
     """Drain the buffer with the real worker (FLOAT columns; aggregates kept unless False);
     with `stop_after`, stop the drain once that many batches are sent (as SIGTERM would)."""
     buffer = Buffer(path, create=False)
-    sink = MariaDBSink(mariadb_config(logger_db), SITE, types=TYPES)
+    sink = MariaDBSink(logger_db.config(), SITE, types=TYPES)
     try:
         kept = Aggregates(sink, buffer) if aggregates else None
         worker = SyncWorker(buffer, sink, UNITS, 2000, aggregates=kept)

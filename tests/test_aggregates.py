@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import LoggerDB, meter_toml, write_config
-from plantdata import COLUMNS, SITE, START, TYPES, UNITS, append, bad_plant, mariadb_config, readings, sync
+from helpers import LoggerDB, meter_toml, write_config
+from plantdata import COLUMNS, SITE, START, TYPES, UNITS, append, bad_plant, readings, sync
 
 from edgelog import config as config_mod
 from edgelog import doctor, status
@@ -227,7 +227,7 @@ def test_live_rounds_rewrite_the_pending_record_rarely(tmp_path: Path, logger_db
         set_meta(key, value)
 
     buffer.set_meta = counting  # type: ignore[method-assign]
-    sink = MariaDBSink(mariadb_config(logger_db), SITE, types=TYPES)
+    sink = MariaDBSink(logger_db.config(), SITE, types=TYPES)
     worker = SyncWorker(buffer, sink, UNITS, 2000, aggregates=Aggregates(sink, buffer))
     try:
         for k in range(180):  # 3 hours, a round every minute

@@ -16,7 +16,7 @@ import sys
 from typing import Any
 
 import pytest
-from conftest import ROOT, _env
+from helpers import ROOT, child_env
 
 pytestmark = pytest.mark.slow
 
@@ -34,7 +34,7 @@ def quick(
     result = subprocess.run(
         [sys.executable, "-m", "bench", "--quick", "--out", str(out), "--workdir", str(tmp / "work")],
         cwd=ROOT,
-        env=_env(),
+        env=child_env(),
         capture_output=True,
         text=True,
         timeout=900,

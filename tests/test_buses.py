@@ -18,19 +18,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import (
+from helpers import (
     LoggerDB,
     common_slots,
     edgelog,
+    meter_toml,
     one_row_per_slot,
     rows_by_meter,
-    start_edgelog,
-    stop,
+    running_logger,
     wait_for,
     write_config,
 )
 
-from edgelog.simulate import Pac3100Simulator, SimulatorThread
+from edgelog.simulate import SimulatorThread
 
 
 class SilentServers:
@@ -100,26 +100,18 @@ def closed_ports(n: int) -> list[int]:
     return ports
 
 
-def tcp_meter(name: str, port: int) -> str:
-    """A [[meters]] table with every timing key at its default (1 Hz, timeout_s 0.3)."""
-    return f'[[meters]]\nname = "{name}"\ntransport = "tcp"\nhost = "127.0.0.1"\nport = {port}\n'
-
-
 def test_one_healthy_meter_and_ten_silent_ones_on_their_own_buses_at_1_hz(
     tmp_path: Path, simulator: SimulatorThread, logger_db: LoggerDB, silent: SilentServers
 ) -> None:
     refused = closed_ports(2)
-    meters = [tcp_meter("healthy", simulator.port)]
-    meters += [tcp_meter(f"silent{i:02d}", port) for i, port in enumerate(silent.ports)]
-    meters += [tcp_meter(f"refused{i}", port) for i, port in enumerate(refused)]
+    # every timing key at its default (1 Hz, timeout_s 0.3)
+    meters = [meter_toml(simulator.port, "healthy", interval_s=None)]
+    meters += [meter_toml(port, f"silent{i:02d}", interval_s=None) for i, port in enumerate(silent.ports)]
+    meters += [meter_toml(port, f"refused{i}", interval_s=None) for i, port in enumerate(refused)]
     config = write_config(tmp_path, logger_db.toml(), *meters)
-    log = tmp_path / "run.log"
-    proc = start_edgelog("run", config=config, log=log)
-    try:
+    with running_logger(config) as logger:
         time.sleep(32)
-        assert proc.poll() is None, log.read_text()
-    finally:
-        assert stop(proc) == 0, log.read_text()
+        assert logger.alive(), logger.text()
 
     rows = rows_by_meter(tmp_path / "buffer.sqlite3")
     assert len(rows) == 13
@@ -137,40 +129,34 @@ def test_one_healthy_meter_and_ten_silent_ones_on_their_own_buses_at_1_hz(
             refused_ok = [e is not None and e.startswith("no connection: cannot connect to") for e in errors]
             assert all(refused_ok), name
     assert silent.requests >= 10 * len(slots)  # each slot's request reached its silent server
-    assert "skipped" not in log.read_text()
+    assert "skipped" not in logger.text()
 
 
 def test_a_poll_that_overruns_leaves_a_skipped_gap_row_in_each_slot_it_cost(
-    tmp_path: Path, simulator: SimulatorThread, logger_db: LoggerDB
+    tmp_path: Path, simulator: SimulatorThread, sim2: SimulatorThread, logger_db: LoggerDB
 ) -> None:
     """pac1 and pac2 share a bus, pac3 has its own. One poll of pac1 hangs 2.2 s (a driver
     blocking: tests/inject/sitecustomize.py). Each slot it cost pac1 and pac2 is a gap row
     `skipped: poll overran` at the slot's grid instant; pac3 loses nothing; sync-status
     counts them per meter."""
-    other = SimulatorThread(Pac3100Simulator()).start()
     hang = tmp_path / "hang"
     meters = [
-        tcp_meter("pac1", simulator.port) + "interval_s = 0.5\ntimeout_s = 0.2\n",
-        tcp_meter("pac2", simulator.port) + "interval_s = 0.5\ntimeout_s = 0.2\n",
-        tcp_meter("pac3", other.port) + "interval_s = 0.5\n",
+        meter_toml(simulator.port, "pac1", interval_s=None) + "interval_s = 0.5\ntimeout_s = 0.2\n",
+        meter_toml(simulator.port, "pac2", interval_s=None) + "interval_s = 0.5\ntimeout_s = 0.2\n",
+        meter_toml(sim2.port, "pac3", interval_s=None) + "interval_s = 0.5\n",
     ]
     config = write_config(tmp_path, logger_db.toml(), *meters)
-    log = tmp_path / "run.log"
-    try:
-        proc = start_edgelog("run", config=config, log=log, fault=f"hang:{hang}")
+    with running_logger(config, fault=f"hang:{hang}") as logger:
         try:
-            wait_for(lambda: len(other.sim.served) >= 6, what="polls")
+            wait_for(lambda: len(sim2.sim.served) >= 6, what="polls")
             hang.write_text("pac1\n")
             time.sleep(2.2)
             hang.unlink()
             time.sleep(3)
             status = edgelog("sync-status", "--json", config=config)
-            assert proc.poll() is None, log.read_text()
+            assert logger.alive(), logger.text()
         finally:
             hang.unlink(missing_ok=True)
-            assert stop(proc) == 0, log.read_text()
-    finally:
-        other.stop()
 
     rows = rows_by_meter(tmp_path / "buffer.sqlite3")
     slots = common_slots(rows, 0.5)
@@ -187,4 +173,4 @@ def test_a_poll_that_overruns_leaves_a_skipped_gap_row_in_each_slot_it_cost(
         assert meters_status[name]["skipped_last_hour"] == len(skipped[name])
         assert meters_status[name]["gaps_last_hour"] == {"skipped": len(skipped[name])}
     assert meters_status["pac3"]["gaps_last_hour"] == {} and meters_status["pac3"]["skipped_last_hour"] == 0
-    assert "meter pac1: " in log.read_text() and "slot(s) skipped so far" in log.read_text()
+    assert "meter pac1: " in logger.text() and "slot(s) skipped so far" in logger.text()

@@ -6,26 +6,31 @@ from __future__ import annotations
 import argparse
 import json
 import signal
-import socket
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pymysql
 import pytest
-from conftest import ROOT, LoggerDB, edgelog, meter_toml, start_edgelog, stop, wait_for, write_config
+from helpers import (
+    COLUMNS,
+    ROOT,
+    UNITS,
+    LoggerDB,
+    edgelog,
+    meter_toml,
+    running_logger,
+    wait_for,
+    write_config,
+)
 
 from edgelog.buffer import Buffer
 from edgelog.cli import build_parser
-from edgelog.config import MariaDBConfig
 from edgelog.profiles import PAC3100
 from edgelog.simulate import SimulatorThread, as_float32
 from edgelog.sync import MariaDBSink
 from edgelog.sync.aggregates import ensure_tables
 from edgelog.sync.schema import column_types
 
-COLUMNS = [r.name for r in PAC3100.registers]
-UNITS = {r.name: r.unit for r in PAC3100.registers}
 SCHEMA_FILE = ROOT / "schema" / "chapada_imperial.sql"
 TABLES = ("medicoes", "medicoes_1min", "medicoes_15min")
 
@@ -60,27 +65,6 @@ STATUS_KEYS = {
     "mariadb_reachable",
     "mariadb_error",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def unreachable_toml(logger_db: LoggerDB, **extra: Any) -> str:
-    """[mariadb] for the test user, on a port where nothing listens."""
-    lines = [
-        "[mariadb]",
-        f'user = "{logger_db.user}"',
-        f'password_file = "{logger_db.password_file}"',
-        f'database = "{logger_db.database}"',
-        'host = "127.0.0.1"',
-        f"port = {free_port()}",
-        "connect_timeout_s = 1",
-        *(f"{k} = {v}" for k, v in extra.items()),
-    ]
-    return "\n".join(lines) + "\n"
 
 
 def status(config: Path) -> dict[str, Any]:
@@ -161,13 +145,7 @@ def test_the_schema_file_creates_the_table_the_logger_creates_by_itself(
             cur.execute("DROP DATABASE `chapada_imperial`")
     finally:
         root.close()
-    config = MariaDBConfig(
-        user=logger_db.user,
-        password_file=logger_db.password_file,
-        unix_socket=logger_db.socket,
-        database=logger_db.database,
-    )
-    sink = MariaDBSink(config, "chapada-imperial", types=column_types(PAC3100.registers))
+    sink = MariaDBSink(logger_db.config(), "chapada-imperial", types=column_types(PAC3100.registers))
     sink.ensure_table(UNITS)
     ensure_tables(sink)  # what the first flush of aggregates does
     sink.close()
@@ -250,27 +228,22 @@ def test_poll_once_fails_with_exit_1_when_the_meter_does_not_answer(
 
 
 def test_sync_status_during_and_after_a_run_with_mariadb_reachable(
-    tmp_path: Path, simulator: SimulatorThread, logger_db: LoggerDB
+    tmp_path: Path, simulator: SimulatorThread, logger_db: LoggerDB, run_config: Path
 ) -> None:
-    config = write_config(tmp_path, logger_db.toml(), meter_toml(simulator.port, interval_s=0.2))
-    log = tmp_path / "run.log"
-    proc = start_edgelog("run", config=config, log=log)
-    try:
-        wait_for(lambda: "logging pac1" in log.read_text(), what="run to start")
+    with running_logger(run_config) as logger:
+        wait_for(lambda: logger.lines("logging pac1"), what="run to start")
         wait_for(lambda: len(simulator.sim.served) >= 5, what="5 polls")
-        during = status(config)  # the buffer is open by `run` meanwhile
+        during = status(run_config)  # the buffer is open by `run` meanwhile
         wait_for(lambda: len(simulator.sim.served) >= during["readings_total"] + 3, what="3 more polls")
-        later = status(config)
-        assert proc.poll() is None, log.read_text()
-    finally:
-        assert stop(proc) == 0, log.read_text()
+        later = status(run_config)
+        assert logger.alive(), logger.text()
     assert during["readings_total"] >= 5 and later["readings_total"] > during["readings_total"]
     assert during["mariadb_reachable"] is True and during["mariadb_error"] is None
     assert later["last_reading_at"] >= during["last_reading_at"]
 
-    drained = edgelog("sync", "--drain", config=config, check=True)
+    drained = edgelog("sync", "--drain", config=run_config, check=True)
     assert drained.stdout.strip().endswith("; 0 unsent")
-    after = status(config)
+    after = status(run_config)
     assert after["unsent"] == 0 and after["oldest_unsent_at"] is None
     assert after["readings_total"] == len(simulator.sim.served) > 0
     assert after["sent_upto"] == after["readings_total"]
@@ -283,22 +256,17 @@ def test_sync_status_during_and_after_a_run_with_mariadb_reachable(
 
 
 def test_sync_status_with_mariadb_unreachable_while_run_keeps_buffering(
-    tmp_path: Path, simulator: SimulatorThread, logger_db: LoggerDB
+    simulator: SimulatorThread, offline_config: Path
 ) -> None:
-    config = write_config(tmp_path, unreachable_toml(logger_db), meter_toml(simulator.port, interval_s=0.2))
-    log = tmp_path / "run.log"
-    proc = start_edgelog("run", config=config, log=log)
-    try:
-        wait_for(lambda: "logging pac1" in log.read_text(), what="run to start")
+    with running_logger(offline_config) as logger:
+        wait_for(lambda: logger.lines("logging pac1"), what="run to start")
         first = wait_for(
-            lambda: (s := status(config))["last_error"] and s["readings_total"] >= 3 and s,
+            lambda: (s := status(offline_config))["last_error"] and s["readings_total"] >= 3 and s,
             what="the worker to record its error",
         )
         wait_for(lambda: len(simulator.sim.served) >= first["readings_total"] + 3, what="3 more polls")
-        second = status(config)
-        assert proc.poll() is None, log.read_text()
-    finally:
-        assert stop(proc) == 0, log.read_text()
+        second = status(offline_config)
+        assert logger.alive(), logger.text()
     for s in (first, second):
         assert s["mariadb_reachable"] is False
         assert "127.0.0.1" in s["mariadb_error"] and "\n" not in s["mariadb_error"]
@@ -306,14 +274,14 @@ def test_sync_status_with_mariadb_unreachable_while_run_keeps_buffering(
         assert s["sent_upto"] == 0 and s["last_sync_at"] is None
         assert s["oldest_unsent_at"] is not None
     assert second["unsent"] > first["unsent"]  # readings kept arriving while MariaDB was down
-    after = status(config)
+    after = status(offline_config)
     assert after["unsent"] == after["readings_total"] == len(simulator.sim.served)
     assert after["last_error"] and "MariaDB" in after["last_error"]
 
 
 def test_sync_status_on_a_missing_buffer_exits_2_with_one_line(tmp_path: Path, logger_db: LoggerDB) -> None:
     missing = tmp_path / "nowhere" / "buffer.sqlite3"
-    config = write_config(tmp_path, logger_db.toml(), meter_toml(5020), buffer=missing)
+    config = write_config(tmp_path, logger_db.toml(), meter_toml(5020), buffer={"path": missing})
     for args in (("sync-status",), ("sync-status", "--json")):
         result = edgelog(*args, config=config)
         assert result.returncode == 2
@@ -352,7 +320,7 @@ def test_sync_drain_exits_1_with_one_line_when_mariadb_is_unreachable(
     tmp_path: Path, logger_db: LoggerDB
 ) -> None:
     fill_buffer(tmp_path / "buffer.sqlite3", 10)
-    config = write_config(tmp_path, unreachable_toml(logger_db), meter_toml(5020))
+    config = write_config(tmp_path, logger_db.unreachable_toml(), meter_toml(5020))
     result = edgelog("sync", "--drain", config=config, timeout=30)
     assert result.returncode == 1
     line = one_line(result.stderr)
@@ -368,21 +336,15 @@ def test_sync_drain_exits_1_with_one_line_when_mariadb_is_unreachable(
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_run_stops_cleanly_on_a_signal(
-    tmp_path: Path, simulator: SimulatorThread, logger_db: LoggerDB, sig: signal.Signals
+    simulator: SimulatorThread, sig: signal.Signals, run_config: Path
 ) -> None:
-    config = write_config(tmp_path, logger_db.toml(), meter_toml(simulator.port, interval_s=0.2))
-    log = tmp_path / "run.log"
-    proc: subprocess.Popen[bytes] = start_edgelog("run", config=config, log=log)
-    try:
-        wait_for(lambda: "logging pac1" in log.read_text(), what="run to start")
+    with running_logger(run_config, sig=sig) as logger:  # it must exit 0
+        wait_for(lambda: logger.lines("logging pac1"), what="run to start")
         wait_for(lambda: len(simulator.sim.served) >= 3, what="3 polls")
-    finally:
-        code = stop(proc, sig)
-    text = log.read_text()
-    assert code == 0, text
+    text = logger.text()
     assert f"received {sig.name}" in text and text.rstrip().endswith("stopped")
     assert "Traceback" not in text
-    after = status(config)
+    after = status(run_config)
     # the poll in flight was finished and committed: one reading per answer served
     assert after["readings_total"] == len(simulator.sim.served)
     assert after["failed_polls_unsent"] == 0

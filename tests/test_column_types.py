@@ -17,8 +17,7 @@ import struct
 from pathlib import Path
 
 import pytest
-from conftest import LoggerDB, edgelog, meter_toml, write_config
-from plantdata import mariadb_config
+from helpers import LoggerDB, edgelog, meter_toml, write_config
 
 from edgelog import config as config_mod
 from edgelog import export
@@ -134,7 +133,7 @@ def test_float32_values_arrive_and_come_back_bit_for_bit(
     for k, values in enumerate(rows):
         buffer.append("pac1", 1_780_000_000 + k, values)
     buffer.close()
-    stats = send(path, mariadb_config(logger_db, fast_path=fast_path), {c: "FLOAT" for c in COLUMNS})
+    stats = send(path, logger_db.config(fast_path=fast_path), {c: "FLOAT" for c in COLUMNS})
     assert stats["binary" if fast_path else "text"] > 0 and stats["binary_fallback"] == 0
     assert len(rows) >= 4 * BINARY_MIN_ROWS
     live = live_columns(logger_db.root.cursor(), logger_db.database, "medicoes")
@@ -200,7 +199,7 @@ def test_integer_registers_get_integer_columns_and_exact_values(tmp_path: Path, 
         buffer.append("pac1", 1_780_000_000 + k, {kind: float(extremes[kind][k]) for kind in kinds})
     buffer.close()
     buffer = Buffer(path, create=False)
-    sink = MariaDBSink(mariadb_config(logger_db), "s", types=types)
+    sink = MariaDBSink(logger_db.config(), "s", types=types)
     assert SyncWorker(buffer, sink, dict.fromkeys(kinds, ""), 100).drain() == 2
     sink.close()
     buffer.close()
@@ -226,7 +225,7 @@ def test_a_value_beyond_an_integer_column_is_refused_and_quarantined_not_lost(
     buffer.append("pac1", 1_780_000_000, {"u": 1.0})
     buffer.append("pac1", 1_780_000_001, {"u": float(2**64 - 1)})
     buffer.append("pac1", 1_780_000_002, {"u": 2.0})
-    sink = MariaDBSink(mariadb_config(logger_db), "s", types={"u": "BIGINT UNSIGNED"})
+    sink = MariaDBSink(logger_db.config(), "s", types={"u": "BIGINT UNSIGNED"})
     worker = SyncWorker(buffer, sink, {"u": ""}, 100, SyncConfig(quarantine_after=1))
     assert worker.drain() == 3
     assert buffer.status().quarantined == 1
@@ -247,7 +246,7 @@ def test_a_double_table_keeps_working_and_schema_alter_converts_it_exactly(
     for k, values in enumerate(meter_values(every)):
         buffer.append("pac1", 1_780_000_000 + k, values)
     buffer.close()
-    cfg = mariadb_config(logger_db)
+    cfg = logger_db.config()
     send(path, cfg, None)  # the table as edgelog created it before: DOUBLE
     db = f"`{logger_db.database}`.`medicoes`"
     before = logger_db.query(f"SELECT seq, v1, v2, v3, v4 FROM {db} ORDER BY seq")
@@ -299,7 +298,7 @@ def test_a_double_table_keeps_working_and_schema_alter_converts_it_exactly(
 def test_a_column_narrower_than_its_register_is_reported(
     logger_db: LoggerDB, caplog: pytest.LogCaptureFixture
 ) -> None:
-    cfg = mariadb_config(logger_db)
+    cfg = logger_db.config()
     sink = MariaDBSink(cfg, "s", types={"e": "FLOAT"})
     sink.ensure_table({"e": "Wh"})
     sink.close()

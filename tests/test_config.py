@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, edgelog
+from helpers import ROOT, edgelog
 
 from edgelog import config
 from edgelog.buffer import Buffer, Space

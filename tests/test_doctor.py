@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import edgelog, meter_toml, start_edgelog, stop, wait_for, write_config
+from helpers import edgelog, meter_toml, running_logger, wait_for, write_config
 from pymodbus.constants import ExcCodes
 
 from edgelog.simulate import Pac3100Simulator, SimulatorThread
@@ -21,14 +21,10 @@ def _lines(out: str) -> dict[str, str]:
     return result
 
 
-def test_doctor_on_a_healthy_site(tmp_path: Path, simulator, logger_db) -> None:
-    config = write_config(tmp_path, logger_db.toml(), meter_toml(simulator.port, interval_s=0.2))
-    proc = start_edgelog("run", config=config, log=tmp_path / "run.log")
-    try:
+def test_doctor_on_a_healthy_site(tmp_path: Path, simulator, run_config: Path) -> None:
+    with running_logger(run_config):
         wait_for(lambda: (tmp_path / "buffer.sqlite3").exists() and len(simulator.sim.served) > 3)
-    finally:
-        assert stop(proc) == 0
-    result = edgelog("doctor", config=config)
+    result = edgelog("doctor", config=run_config)
     checks = _lines(result.stdout)
     assert checks["config"] == "OK"
     assert checks["meter pac1"] == "OK"

@@ -5,24 +5,18 @@ from __future__ import annotations
 import math
 import sqlite3
 
-from conftest import edgelog, meter_toml, start_edgelog, stop, wait_for, write_config
-
-from edgelog.profiles import PAC3100
-
-COLUMNS = [r.name for r in PAC3100.registers]
+from helpers import COLUMNS, edgelog, running_logger, wait_for
 
 
-def test_run_delivers_every_reading_exactly_once_with_the_served_values(tmp_path, simulator, logger_db):
-    config = write_config(tmp_path, logger_db.toml(), meter_toml(simulator.port, interval_s=0.2))
-    proc = start_edgelog("run", config=config, log=tmp_path / "run.log")
-    try:
+def test_run_delivers_every_reading_exactly_once_with_the_served_values(
+    tmp_path, simulator, logger_db, run_config
+):
+    with running_logger(run_config):
         wait_for(lambda: len(simulator.sim.served) >= 15, what="15 polls")
         wait_for(lambda: logger_db.query(f"SHOW TABLES IN `{logger_db.database}`"), what="table")
         wait_for(lambda: len(logger_db.rows()) >= 10, what="rows in MariaDB")
-    finally:
-        assert stop(proc) == 0, (tmp_path / "run.log").read_text()
     # after a clean stop, drain whatever the worker had not sent yet
-    edgelog("sync", "--drain", config=config, check=True)
+    edgelog("sync", "--drain", config=run_config, check=True)
 
     buffer = sqlite3.connect(tmp_path / "buffer.sqlite3")
     local = buffer.execute(

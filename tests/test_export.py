@@ -14,14 +14,13 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import ROOT, LoggerDB, edgelog, meter_toml, start_edgelog, stop, wait_for, write_config
+from helpers import ROOT, LoggerDB, edgelog, meter_toml, running_logger, wait_for, write_config
 from plantdata import SITE, START, append, bad_plant, readings, sync
 
 from edgelog import config as config_mod
 from edgelog import export
 from edgelog.buffer import Buffer
 from edgelog.clock import utc_text
-from edgelog.config import MariaDBConfig
 from edgelog.profiles import PAC3100_ENERGIA as PROFILE
 from edgelog.progress import Progress
 from edgelog.simulate import SimulatorThread, plant_values
@@ -52,11 +51,8 @@ def test_a_real_run_exported_from_mariadb_and_from_the_buffer(
         tmp_path, logger_db.toml(), meter_toml(simulator.port, interval_s=0.2, profile="pac3100-energia")
     )
     started = time.time()
-    proc = start_edgelog("run", config=config, log=tmp_path / "run.log")
-    try:
+    with running_logger(config):
         wait_for(lambda: len(simulator.sim.served) >= 8, what="8 polls")
-    finally:
-        assert stop(proc) == 0
     edgelog("sync", "--drain", config=config, check=True)
     served = simulator.sim.served
     window = ("--from", utc_text(started - 60, iso=True), "--to", utc_text(time.time() + 60, iso=True))
@@ -159,13 +155,7 @@ def test_parquet_without_pyarrow_is_a_one_line_error(tmp_path: Path, logger_db: 
 
 def _fill_mariadb(logger_db: LoggerDB, n: int, start: float) -> None:
     """n readings of the simulated plant, 1 s apart, written by the real sink (its batch INSERT)."""
-    mariadb = MariaDBConfig(
-        user=logger_db.user,
-        password_file=logger_db.password_file,
-        unix_socket=logger_db.socket,
-        database=logger_db.database,
-    )
-    sink = MariaDBSink(mariadb, "test-site")
+    sink = MariaDBSink(logger_db.config(), "test-site")
     try:
         sink.ensure_table(UNITS)
         template = plant_values(start)

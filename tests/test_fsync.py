@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import LoggerDB, _env, meter_toml, wait_for, write_config
+from helpers import LoggerDB, child_env, meter_toml, wait_for, write_config
 
 from edgelog.buffer import Buffer
 from edgelog.errors import BufferError
@@ -68,7 +68,9 @@ def traced_run(tmp_path: Path, config: Path, readings_wanted: int) -> tuple[int,
     cmd += [sys.executable, "-m", "edgelog", "--config", str(config), "run"]
     log = (tmp_path / "run.log").open("wb")
     # a session of their own: strace and edgelog can be killed together, whatever failed
-    tracer = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=_env(), start_new_session=True)
+    tracer = subprocess.Popen(
+        cmd, stdout=log, stderr=subprocess.STDOUT, env=child_env(), start_new_session=True
+    )
     try:
         child = wait_for(lambda: child_of(tracer.pid), timeout=30, what="edgelog run under strace")
         wait_for(lambda: stored(buffer) >= readings_wanted, timeout=60, what=f"{readings_wanted} readings")
@@ -108,8 +110,9 @@ def test_commit_every_s_commits_readings_in_groups(
     tmp_path: Path, simulator: SimulatorThread, logger_db: LoggerDB
 ) -> None:
     """`[buffer] commit_every_s = 1` at 5 Hz: one fsync a second, not one a reading."""
-    config = write_config(tmp_path, logger_db.toml(), meter_toml(simulator.port, interval_s=0.2))
-    config.write_text(config.read_text().replace("[buffer]\n", "[buffer]\ncommit_every_s = 1\n", 1))
+    config = write_config(
+        tmp_path, logger_db.toml(), meter_toml(simulator.port, interval_s=0.2), buffer={"commit_every_s": 1}
+    )
     readings, wal_syncs = traced_run(tmp_path, config, 25)
     assert readings >= 25
     assert wal_syncs <= readings / 3 + EXTRA_SYNCS, (wal_syncs, readings)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pymysql
 import pytest
-from conftest import ROOT
+from helpers import ROOT
 
 INSTALL_DB = ROOT / "schema" / "install-mariadb"
 INSTALL = ROOT / "scripts" / "install"

@@ -11,59 +11,50 @@ from __future__ import annotations
 import json
 import threading
 import time
-import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pymysql
 import pytest
-from conftest import LoggerDB, edgelog, meter_toml, start_edgelog, stop, wait_for, write_config
+from helpers import (
+    COLUMNS,
+    EXTRA,
+    EXTRA_TOML,
+    UNITS,
+    LoggerDB,
+    edgelog,
+    failed_sync,
+    free_port,
+    meter_toml,
+    parse_config,
+    running_logger,
+    wait_for,
+    write_config,
+)
 
-from edgelog import config as config_mod
 from edgelog.buffer import Buffer
 from edgelog.buffer.store import NewReading
 from edgelog.config import Config, MariaDBConfig
-from edgelog.errors import ConfigError, SchemaMismatch, SinkUnavailable
-from edgelog.profiles import PAC3100
+from edgelog.errors import ConfigError, SchemaMismatch
 from edgelog.sync import MariaDBSink, SyncWorker, create_table_sql
 from edgelog.sync.connect import first_node
 from edgelog.sync.fit import BatchFit
 from edgelog.sync.nodes import NODE_KEY, NODES_FAILED_KEY, Node, Nodes, nodes_of, parse_failed
 
 SITE = "nodes-site"
-COLUMNS = [r.name for r in PAC3100.registers]
-UNITS = {r.name: r.unit for r in PAC3100.registers}
-EXTRA = "energia_extra"
-EXTRA_TOML = f'\n[[meters.registers]]\nname = "{EXTRA}"\naddress = 801\nunit = "kWh"\n'
-
-
-def closed_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def parse(mariadb: str, extra_register: bool = False) -> Config:
-    text = f'site = "{SITE}"\n[mariadb]\nuser = "edgelog"\n{mariadb}\n\n' + meter_toml(5020)
-    return config_mod.parse(tomllib.loads(text + (EXTRA_TOML if extra_register else "")), source="t.toml")
+    meter = meter_toml(5020) + (EXTRA_TOML if extra_register else "")
+    return parse_config(f'[mariadb]\nuser = "edgelog"\n{mariadb}\n', meter, site=SITE)
 
 
 def cluster_of(logger_db: LoggerDB, hosts: list[str], **extra: Any) -> Config:
     """A config for `logger_db` (the session server, over TCP) with this host list."""
-    lines = [
-        "[mariadb]",
-        f'user = "{logger_db.user}"',
-        f'password_file = "{logger_db.password_file}"',
-        f'database = "{logger_db.database}"',
-        f"hosts = {json.dumps(hosts)}",
-        "connect_timeout_s = 2",
-        *(f"{k} = {json.dumps(v)}" for k, v in extra.items()),
-    ]
-    text = f'site = "{SITE}"\n' + "\n".join(lines) + "\n\n" + meter_toml(5020)
-    return config_mod.parse(tomllib.loads(text), source="t.toml")
+    return parse_config(
+        logger_db.toml(hosts=hosts, connect_timeout_s=2, **extra), meter_toml(5020), site=SITE
+    )
 
 
 def values(k: int) -> dict[str, float]:
@@ -74,13 +65,6 @@ def fill(buffer: Buffer, n: int) -> None:
     for start in range(0, n, 1000):
         stop = min(n, start + 1000)
         buffer.append_many([NewReading("pac1", 1_700_000_000.0 + k, values(k)) for k in range(start, stop)])
-
-
-@pytest.fixture
-def buffer(tmp_path: Path) -> Iterator[Buffer]:
-    b = Buffer(tmp_path / "buffer.sqlite3", COLUMNS)
-    yield b
-    b.close()
 
 
 # -- the host list in the config ---------------------------------------------------------
@@ -196,7 +180,7 @@ def test_batch_fit_keeps_the_size_that_worked() -> None:
 def test_a_dead_node_first_in_the_list_is_passed_at_once_and_recorded(
     logger_db: LoggerDB, buffer: Buffer, tmp_path: Path
 ) -> None:
-    dead = f"127.0.0.1:{closed_port()}"
+    dead = f"127.0.0.1:{free_port()}"
     live = f"127.0.0.1:{logger_db.port}"
     cfg = cluster_of(logger_db, [dead, live])
     worker = SyncWorker(buffer, MariaDBSink(cfg.mariadb, SITE), UNITS, 100, cfg.sync)
@@ -216,7 +200,10 @@ def test_a_dead_node_first_in_the_list_is_passed_at_once_and_recorded(
     # sync-status shows both, read from the buffer (another process: the real command)
     (tmp_path / "run").mkdir()
     config = write_config(
-        tmp_path / "run", mariadb_toml(logger_db, [dead, live]), meter_toml(5020), buffer=buffer.path
+        tmp_path / "run",
+        logger_db.toml(hosts=[dead, live]),
+        meter_toml(5020),
+        buffer={"path": buffer.path},
     )
     result = edgelog("sync-status", "--json", config=config)
     data = json.loads(result.stdout)
@@ -228,23 +215,11 @@ def test_a_dead_node_first_in_the_list_is_passed_at_once_and_recorded(
     assert f"sync writes through {live}" in screen and f"{dead} failed" in screen
 
 
-def mariadb_toml(logger_db: LoggerDB, hosts: list[str]) -> str:
-    return (
-        f'[mariadb]\nuser = "{logger_db.user}"\npassword_file = "{logger_db.password_file}"\n'
-        f'database = "{logger_db.database}"\nhosts = {json.dumps(hosts)}\n'
-    )
-
-
 def test_every_node_down_is_one_error_naming_each_after_one_round(buffer: Buffer) -> None:
-    ports = [closed_port(), closed_port()]
+    ports = [free_port(), free_port()]
     cfg = MariaDBConfig(user="edgelog", password="pw", hosts=tuple(("127.0.0.1", p) for p in ports))
-    worker = SyncWorker(buffer, MariaDBSink(cfg, SITE), UNITS, 100)
-    fill(buffer, 2)
-    started = time.monotonic()
-    with pytest.raises(SinkUnavailable) as info:
-        worker.sync_once()
-    assert time.monotonic() - started < 3
-    message = str(info.value)
+    worker, message, took = failed_sync(buffer, cfg)
+    assert took < 3
     assert message.startswith("MariaDB: all 2 nodes failed: ") and "\n" not in message
     for port in ports:
         assert f"127.0.0.1:{port} (2003)" in message
@@ -320,7 +295,10 @@ def test_manage_schema_false_runs_no_ddl_and_names_the_alter_to_run(
         buffer.append("pac1", 1_700_000_000.0 + k, {**values(k), EXTRA: k * 1.5})
     buffer.close()
     config = write_config(
-        tmp_path, logger_db.toml(manage_schema=False), meter_toml(5020) + EXTRA_TOML, buffer=buffer.path
+        tmp_path,
+        logger_db.toml(manage_schema=False),
+        meter_toml(5020) + EXTRA_TOML,
+        buffer={"path": buffer.path},
     )
 
     missing = edgelog("sync", "--drain", config=config)
@@ -435,24 +413,20 @@ def test_run_with_manage_schema_false_keeps_polling_names_the_alter_and_resumes_
     config = write_config(
         tmp_path, logger_db.toml(manage_schema=False), meter_toml(simulator.port, interval_s=0.2) + EXTRA_TOML
     )
-    log = tmp_path / "run.log"
-    proc = start_edgelog("run", config=config, log=log)
-    try:
-        wait_for(lambda: "have the DBA run `ALTER TABLE" in log.read_text(), what="the ALTER in the log")
+    with running_logger(config) as logger:
+        wait_for(lambda: logger.lines("have the DBA run `ALTER TABLE"), what="the ALTER in the log")
         first = json.loads(edgelog("sync-status", "--json", config=config).stdout)
         time.sleep(1)
         later = json.loads(edgelog("sync-status", "--json", config=config).stdout)
         assert later["unsent"] > first["unsent"] > 0  # readings keep buffering
         assert "lacks column(s) energia_extra" in later["last_error"]
-        assert proc.poll() is None
+        assert logger.alive()
         logger_db.query(edgelog("schema", "--alter", config=config, check=True).stdout)
         wait_for(
             lambda: json.loads(edgelog("sync-status", "--json", config=config).stdout)["unsent"] == 0,
             timeout=30,
             what="the backlog to drain once the column is there",
         )
-    finally:
-        assert stop(proc) == 0, log.read_text()[-2000:]
-    text = log.read_text()
+    text = logger.text()
     assert "creating table" not in text and "adding column" not in text  # no DDL of its own
     assert logger_db.query(f"SELECT COUNT(*) FROM `{db}`.medicoes")[0][0] >= 10

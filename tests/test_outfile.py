@@ -10,14 +10,12 @@ import stat
 from pathlib import Path
 
 import pytest
-from conftest import edgelog, meter_toml, write_config
+from helpers import COLUMNS, edgelog, meter_toml, write_config
 
 from edgelog.buffer import Buffer
 from edgelog.outfile import replacing
-from edgelog.profiles import PAC3100
 from edgelog.simulate import plant_values
 
-COLUMNS = [r.name for r in PAC3100.registers]
 DAY = "2026-06-01"
 
 

@@ -18,11 +18,10 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from conftest import LoggerDB, edgelog, meter_toml, start_edgelog, stop, wait_for, write_config
+from helpers import LoggerDB, edgelog, meter_toml, running_logger, wait_for, write_config
 
 from edgelog import config as config_mod
 from edgelog.buffer import Buffer
-from edgelog.config import MariaDBConfig
 from edgelog.errors import EdgelogError
 from edgelog.profiles import PAC3100_ENERGIA as PROFILE
 from edgelog.report import Period, build, limits, summarize
@@ -89,14 +88,8 @@ def synthetic_day(path: Path, day: str = DAY, meter: str = "pac1") -> dict[str, 
 
 def sync_to_mariadb(path: Path, logger_db: LoggerDB, site: str = "test-site") -> int:
     """Forward the buffer with the real sync worker into the test's MariaDB database."""
-    mariadb = MariaDBConfig(
-        user=logger_db.user,
-        password_file=logger_db.password_file,
-        unix_socket=logger_db.socket,
-        database=logger_db.database,
-    )
     buffer = Buffer(path, create=False)
-    sink = MariaDBSink(mariadb, site)
+    sink = MariaDBSink(logger_db.config(), site)
     try:
         return SyncWorker(buffer, sink, UNITS, 2000).drain()
     finally:
@@ -181,11 +174,8 @@ def test_a_short_real_run_in_english_from_the_buffer(
     config = write_config(
         tmp_path, logger_db.toml(), meter_toml(simulator.port, interval_s=0.2, profile="pac3100-energia")
     )
-    proc = start_edgelog("run", config=config, log=tmp_path / "run.log")
-    try:
+    with running_logger(config):
         wait_for(lambda: len(simulator.sim.served) >= 10, what="10 polls")
-    finally:
-        assert stop(proc) == 0
     today = dt.datetime.now(TZ).date().isoformat()
     out = tmp_path / "out"
     args = ("report", "--day", today, "--lang", "en", "--source", "buffer", "--out", str(out))

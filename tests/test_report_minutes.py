@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from conftest import LoggerDB, meter_toml, write_config
+from helpers import LoggerDB, meter_toml, write_config
 from plantdata import SITE, START, append, bad_plant, readings, sync
 
 from edgelog import config as config_mod

@@ -16,19 +16,15 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 import pytest
-from conftest import LoggerDB, edgelog, meter_toml, write_config
+from helpers import COLUMNS, UNITS, LoggerDB, edgelog, meter_toml, write_config
 
 from edgelog import config as config_mod
 from edgelog.buffer import Buffer
 from edgelog.buffer.store import NewReading
-from edgelog.config import MariaDBConfig
-from edgelog.profiles import PAC3100
 from edgelog.report import Period, build, summarize
 from edgelog.report.data import Aggregator, MinuteBins
 from edgelog.sync import MariaDBSink, SyncWorker
 
-COLUMNS = [r.name for r in PAC3100.registers]
-UNITS = {r.name: r.unit for r in PAC3100.registers}
 TZ = ZoneInfo("America/Sao_Paulo")
 DAY = "2026-06-01"  # a Monday
 STEP = 30  # seconds between readings: 20 a 10-minute window, 2 a minute
@@ -107,13 +103,7 @@ def write_and_sync(tmp_path: Path, logger_db: LoggerDB, start: float, span_s: in
         buffer.append_many(readings)
     finally:
         buffer.close()
-    mariadb = MariaDBConfig(
-        user=logger_db.user,
-        password_file=logger_db.password_file,
-        unix_socket=logger_db.socket,
-        database=logger_db.database,
-    )
-    buffer, sink = Buffer(path, create=False), MariaDBSink(mariadb, "test-site")
+    buffer, sink = Buffer(path, create=False), MariaDBSink(logger_db.config(), "test-site")
     try:
         assert SyncWorker(buffer, sink, UNITS, 2000).drain() == span_s // step
     finally:

@@ -19,16 +19,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from helpers import COLUMNS, ROOT, child_env, meter_toml, toml_table, write_config
 from tlspki import make_pki
 
 from edgelog.buffer import Buffer
-from edgelog.profiles import PAC3100
 
 HOST = "198.18.0.1"
 PORT = 3306
 ROGUE = ROOT / "tests" / "rogue_server.py"
-COLUMNS = [r.name for r in PAC3100.registers]
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not shutil.which("ip"), reason="network namespaces need root and iproute2"
@@ -55,12 +53,6 @@ def netns() -> Iterator[str]:
         subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=30)
 
 
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("EDGELOG_CONFIG", "NOTIFY_SOCKET")}
-    env["PYTHONPATH"] = str(ROOT)
-    return env
-
-
 class Rogue:
     def __init__(self, record: Path):
         self.record = record
@@ -75,8 +67,13 @@ class Rogue:
         return [p.read_bytes() for p in paths]
 
 
+#: `rogue(plugin, switch, tls)` starts one; `edgelog_in(*args, **mariadb)` runs the client.
+StartRogue = Callable[..., Rogue]
+EdgelogIn = Callable[..., subprocess.CompletedProcess[str]]
+
+
 @pytest.fixture
-def rogue(netns: str, tmp_path: Path) -> Iterator[Callable[..., Rogue]]:
+def rogue(netns: str, tmp_path: Path) -> Iterator[StartRogue]:
     """Start tests/rogue_server.py in the namespace, on 198.18.0.1:3306."""
     procs: list[subprocess.Popen[str]] = []
 
@@ -107,31 +104,35 @@ def password(tmp_path: Path) -> tuple[str, Path]:
     return secret, path
 
 
-def write_config(tmp_path: Path, password_file: Path, **mariadb: str) -> Path:
-    """A config whose MariaDB is the rogue's address, with a buffer holding one reading."""
-    buffer = tmp_path / "buffer.sqlite3"
-    if not buffer.exists():
-        b = Buffer(buffer, COLUMNS)
-        b.append("pac1", 1_780_000_000.0, dict.fromkeys(COLUMNS, 1.0))
-        b.close()
-    extra = "".join(f'{k} = "{v}"\n' for k, v in mariadb.items())
-    text = (
-        f'site = "rogue-test"\n\n[buffer]\npath = "{buffer}"\n\n'
-        f'[mariadb]\nuser = "edgelog"\nhost = "{HOST}"\nport = {PORT}\n'
-        f'password_file = "{password_file}"\nconnect_timeout_s = 5\n{extra}\n'
-        '[[meters]]\nname = "pac1"\ntransport = "tcp"\nhost = "127.0.0.1"\nport = 1\ntimeout_s = 0.2\n'
-    )
-    path = tmp_path / "edgelog.toml"
-    path.write_text(text)
-    path.chmod(0o600)
-    return path
+@pytest.fixture
+def edgelog_in(netns: str, tmp_path: Path, password: tuple[str, Path]) -> EdgelogIn:
+    """`edgelog ARGS` in the namespace, with a config whose MariaDB is the rogue's address
+    (the [mariadb] keys given added) and a buffer holding one reading."""
+    buffer = Buffer(tmp_path / "buffer.sqlite3", COLUMNS)
+    buffer.append("pac1", 1_780_000_000.0, dict.fromkeys(COLUMNS, 1.0))
+    buffer.close()
 
+    def run(*args: str, **mariadb: str) -> subprocess.CompletedProcess[str]:
+        keys = {
+            "user": "edgelog",
+            "host": HOST,
+            "port": PORT,
+            "password_file": password[1],
+            "connect_timeout_s": 5,
+        }
+        config = write_config(
+            tmp_path,
+            toml_table("[mariadb]", {**keys, **mariadb}),
+            meter_toml(1, interval_s=None, timeout_s=0.2),
+            site="rogue-test",
+            sync={},
+        )
+        cmd = [sys.executable, "-m", "edgelog", "--config", str(config), *args]
+        return subprocess.run(
+            ["ip", "netns", "exec", netns, *cmd], capture_output=True, text=True, timeout=60, env=child_env()
+        )
 
-def edgelog_in(netns: str, config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "edgelog", "--config", str(config), *args]
-    return subprocess.run(
-        ["ip", "netns", "exec", netns, *cmd], capture_output=True, text=True, timeout=60, env=_env()
-    )
+    return run
 
 
 SYNC = ("sync", "--drain")
@@ -155,7 +156,7 @@ def _packets(data: bytes) -> list[bytes]:
 
 
 def test_the_rogue_gets_the_password_from_an_unguarded_client(
-    netns: str, rogue: Callable[..., Rogue], password: tuple[str, Path]
+    netns: str, rogue: StartRogue, password: tuple[str, Path]
 ) -> None:
     """The control (what the issue saw): plain PyMySQL without TLS hands the password over
     in cleartext when the server switches to mysql_clear_password."""
@@ -174,7 +175,7 @@ def test_the_rogue_gets_the_password_from_an_unguarded_client(
         capture_output=True,
         text=True,
         timeout=60,
-        env={**_env(), "PW": secret},
+        env={**child_env(), "PW": secret},
     )
     assert "Access denied" in result.stdout, result.stderr
     assert secret.encode() + b"\0" in server.received()[0]
@@ -182,11 +183,11 @@ def test_the_rogue_gets_the_password_from_an_unguarded_client(
 
 @pytest.mark.parametrize("command", [SYNC, EXPORT], ids=["sync", "export"])
 def test_the_default_for_a_remote_host_sends_nothing_to_a_server_without_tls(
-    netns: str, rogue: Callable[..., Rogue], password: tuple[str, Path], tmp_path: Path, command: tuple
+    rogue: StartRogue, password: tuple[str, Path], edgelog_in: EdgelogIn, command: tuple
 ) -> None:
-    secret, password_file = password
+    secret, _ = password
     server = rogue(switch="mysql_clear_password")
-    result = edgelog_in(netns, write_config(tmp_path, password_file), *command)
+    result = edgelog_in(*command)
     error = _one_error_line(result)
     assert (
         f"MariaDB edgelog@{HOST}:{PORT}/chapada_imperial: (2026) the server does not offer TLS, and "
@@ -209,16 +210,15 @@ def test_the_default_for_a_remote_host_sends_nothing_to_a_server_without_tls(
     ],
 )
 def test_disabled_written_explicitly_still_never_sends_the_password(
-    netns: str,
-    rogue: Callable[..., Rogue],
+    rogue: StartRogue,
     password: tuple[str, Path],
-    tmp_path: Path,
+    edgelog_in: EdgelogIn,
     plugin: str,
     switch: str,
 ) -> None:
-    secret, password_file = password
+    secret, _ = password
     server = rogue(plugin=plugin, switch=switch)
-    result = edgelog_in(netns, write_config(tmp_path, password_file, ssl_mode="disabled"), *SYNC)
+    result = edgelog_in(*SYNC, ssl_mode="disabled")
     error = _one_error_line(result)
     asked = switch or plugin
     assert "the server asked for " in error and f"({asked}) over a connection without TLS" in error
@@ -244,10 +244,9 @@ def rogue_pki(tmp_path: Path) -> Path:
     "plugin, switch", [("mysql_native_password", "mysql_clear_password"), ("sha256_password", "")]
 )
 def test_required_tls_is_not_enough_for_the_password(
-    netns: str,
-    rogue: Callable[..., Rogue],
+    rogue: StartRogue,
     password: tuple[str, Path],
-    tmp_path: Path,
+    edgelog_in: EdgelogIn,
     rogue_pki: Path,
     plugin: str,
     switch: str,
@@ -255,9 +254,9 @@ def test_required_tls_is_not_enough_for_the_password(
     """TLS without checking the certificate: anyone in the middle can be that server.
     (sha256_password as the greeting's choice would put the password in PyMySQL's very
     first answer, inside that TLS.)"""
-    secret, password_file = password
+    secret, _ = password
     server = rogue(plugin=plugin, switch=switch, tls=rogue_pki)
-    result = edgelog_in(netns, write_config(tmp_path, password_file, ssl_mode="required"), *SYNC)
+    result = edgelog_in(*SYNC, ssl_mode="required")
     error = _one_error_line(result)
     assert f"({switch or plugin}) over TLS whose certificate is not verified" in error
     (sent,) = server.received()  # decrypted by the rogue
@@ -265,16 +264,18 @@ def test_required_tls_is_not_enough_for_the_password(
 
 
 def test_verified_tls_carries_the_password_and_the_default_checks_the_system_store(
-    netns: str, rogue: Callable[..., Rogue], password: tuple[str, Path], tmp_path: Path, rogue_pki: Path
+    rogue: StartRogue,
+    password: tuple[str, Path],
+    edgelog_in: EdgelogIn,
+    rogue_pki: Path,
 ) -> None:
-    secret, password_file = password
+    secret, _ = password
     server = rogue(switch="mysql_clear_password", tls=rogue_pki)
     # the default (verify-identity against the system's CA store) does not know this CA
-    error = _one_error_line(edgelog_in(netns, write_config(tmp_path, password_file), *SYNC))
+    error = _one_error_line(edgelog_in(*SYNC))
     assert "certificate verify failed" in error
     # told the CA, the server has proved who it is: a cleartext plugin (PAM) may have it
-    config = write_config(tmp_path, password_file, ssl_ca=str(rogue_pki / "rogue-ca.pem"))
-    error = _one_error_line(edgelog_in(netns, config, *SYNC))
+    error = _one_error_line(edgelog_in(*SYNC, ssl_ca=str(rogue_pki / "rogue-ca.pem")))
     assert "(1045) Access denied" in error
     first, second = server.received(2)
     assert secret.encode() not in first  # the refused handshake: the SSLRequest at most
@@ -282,11 +283,11 @@ def test_verified_tls_carries_the_password_and_the_default_checks_the_system_sto
 
 
 def test_doctor_names_the_risk_of_disabled_towards_a_remote_host(
-    netns: str, rogue: Callable[..., Rogue], password: tuple[str, Path], tmp_path: Path
+    rogue: StartRogue, password: tuple[str, Path], edgelog_in: EdgelogIn
 ) -> None:
-    secret, password_file = password
+    secret, _ = password
     rogue(switch="mysql_clear_password")
-    result = edgelog_in(netns, write_config(tmp_path, password_file, ssl_mode="disabled"), "doctor")
+    result = edgelog_in("doctor", ssl_mode="disabled")
     lines = result.stdout.splitlines()
     tls = next(line for line in lines if line.split()[1:2] == ["tls"])
     assert tls.startswith("WARN") and f'ssl_mode = "disabled" towards {HOST}' in tls

@@ -7,6 +7,7 @@ independently of pymodbus: address, function, CRC, and the values themselves.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import re
 import select
@@ -22,14 +23,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import (
+from helpers import (
     LoggerDB,
     common_slots,
     edgelog,
     one_row_per_slot,
     rows_by_meter,
-    start_edgelog,
-    stop,
+    running_logger,
+    toml_table,
+    wait_or_kill,
     write_config,
 )
 from pymodbus import FramerType
@@ -102,11 +104,7 @@ def line(tmp_path: Path) -> Iterator[SerialLine]:
         yield SerialLine(a, b, log)
     finally:
         proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        wait_or_kill(proc, 5)
     assert proc.returncode is not None
 
 
@@ -225,22 +223,8 @@ class ServerThread:
 
 
 def test_two_meters_on_one_line_share_a_bus_and_a_wrong_unit_only_times_out(line: SerialLine) -> None:
-    sim126, sim2 = Pac3100Simulator(unit_id=126), Pac3100Simulator(unit_id=2)
+    make, sim126, sim2 = two_meter_server(line.b)
     sim2.override = {"frequencia": 50.0}  # tell the two answers apart
-    serial = PAC3100.serial
-
-    def make() -> ModbusSerialServer:
-        return ModbusSerialServer(
-            [sim126.device(), sim2.device()],
-            framer=FramerType.RTU,
-            port=str(line.b),
-            baudrate=serial.baudrate,
-            bytesize=serial.bytesize,
-            parity=serial.parity,
-            stopbits=serial.stopbits,
-            trace_pdu=answer_only({126, 2}),  # as on RS485: no answer for unit 7
-        )
-
     with ServerThread(make):
         meters = open_meters(
             [
@@ -382,35 +366,28 @@ def test_a_wrong_answer_on_the_line_is_a_failed_poll_with_its_reason(
 
 def three_on_a_line(device: Path, **extra: Any) -> str:
     """pac126 and pac2 answer; `absent` (unit 7) is on the config but not on the line."""
-    lines = []
-    for name, unit in (("pac126", 126), ("pac2", 2), ("absent", 7)):
-        lines += [
-            "[[meters]]",
-            f'name = "{name}"',
-            'transport = "rtu"',
-            f'device = "{device}"',
-            f"unit_id = {unit}",
-        ]
-        lines += [f"{k} = {v}" for k, v in extra.items()]
-    return "\n".join(lines) + "\n"
+    return "".join(
+        toml_table(
+            "[[meters]]", {"name": name, "transport": "rtu", "device": device, "unit_id": unit, **extra}
+        )
+        for name, unit in (("pac126", 126), ("pac2", 2), ("absent", 7))
+    )
 
 
 def two_meter_server(
     device: Path,
 ) -> tuple[Callable[[], ModbusSerialServer], Pac3100Simulator, Pac3100Simulator]:
+    """A factory of an RTU server on `device` with the pac3100's line settings, for units
+    126 and 2 (as on RS485: no answer for another unit), and the two simulators."""
     sim126, sim2 = Pac3100Simulator(unit_id=126), Pac3100Simulator(unit_id=2)
-    serial = PAC3100.serial
 
     def make() -> ModbusSerialServer:
         return ModbusSerialServer(
             [sim126.device(), sim2.device()],
             framer=FramerType.RTU,
             port=str(device),
-            baudrate=serial.baudrate,
-            bytesize=serial.bytesize,
-            parity=serial.parity,
-            stopbits=serial.stopbits,
             trace_pdu=answer_only({126, 2}),
+            **dataclasses.asdict(PAC3100.serial),
         )
 
     return make, sim126, sim2
@@ -422,14 +399,9 @@ def test_a_silent_meter_on_the_line_costs_the_other_two_no_slot(
     """1 s, the default timeout_s 0.3: 3 × 0.3 s < 1 s, within the bus's time budget."""
     make, sim126, sim2 = two_meter_server(line.b)
     config = write_config(tmp_path, logger_db.toml(), three_on_a_line(line.a))
-    log = tmp_path / "run.log"
-    with ServerThread(make):
-        proc = start_edgelog("run", config=config, log=log)
-        try:
-            time.sleep(13)
-            assert proc.poll() is None, log.read_text()
-        finally:
-            assert stop(proc) == 0, log.read_text()
+    with ServerThread(make), running_logger(config) as logger:
+        time.sleep(13)
+        assert logger.alive(), logger.text()
     rows = rows_by_meter(tmp_path / "buffer.sqlite3")
     slots = common_slots(rows, 1.0)
     assert len(slots) >= 10

@@ -13,7 +13,7 @@ import math
 import re
 
 import pytest
-from conftest import edgelog
+from helpers import edgelog
 from pymodbus.client import ModbusTcpClient
 
 from edgelog.errors import EdgelogError

@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, LoggerDB, edgelog, meter_toml, start_edgelog, stop, wait_for, write_config
-from test_cli import unreachable_toml
+from helpers import ROOT, LoggerDB, edgelog, meter_toml, running_logger, wait_for, write_config
 
 from edgelog import config as config_mod
 from edgelog import human, status
@@ -47,22 +46,19 @@ def documented_keys() -> dict[str, str]:
 
 
 def test_healthy_then_degraded_when_the_meter_falls_silent(
-    tmp_path: Path, simulator: SimulatorThread, logger_db: LoggerDB
+    simulator: SimulatorThread, logger_db: LoggerDB, run_config: Path
 ) -> None:
-    config = write_config(tmp_path, logger_db.toml(), meter_toml(simulator.port, interval_s=0.2))
-    log = tmp_path / "run.log"
-    proc = start_edgelog("run", config=config, log=log)
-    try:
+    with running_logger(run_config) as logger:
         wait_for(lambda: len(simulator.sim.served) >= 5, what="5 polls")
         wait_for(lambda: logger_db.query(f"SHOW TABLES IN `{logger_db.database}`"), what="the table")
-        code, healthy = sync_status(config)
+        code, healthy = sync_status(run_config)
         assert code == 0, healthy["problems"]
         meter = healthy["meters"]["pac1"]
         assert meter["silent"] is False and meter["interval_s"] == 0.2
         assert meter["polls_last_hour"] >= 5 and meter["failed_polls_last_hour"] == 0
         assert 0 <= meter["age_s"] < 2
         assert healthy["mariadb_reachable"] is True and healthy["disk_free_bytes"] > 0
-        text = edgelog("sync-status", config=config)
+        text = edgelog("sync-status", config=run_config)
         assert text.returncode == 0, text.stderr
         assert "State    HEALTHY" in text.stdout and "pac1" in text.stdout
         assert not ANSI.search(text.stdout), "no colour when stdout is not a terminal"
@@ -70,39 +66,32 @@ def test_healthy_then_degraded_when_the_meter_falls_silent(
 
         simulator.stop()  # the meter stops answering; `run` records the failed polls
         data = wait_for(
-            lambda: (r := sync_status(config))[0] == 1 and r[1],
+            lambda: (r := sync_status(run_config))[0] == 1 and r[1],
             timeout=15,
             what="the meter to count as silent (10 intervals of 0.2 s)",
         )
-        assert proc.poll() is None, log.read_text()
-    finally:
-        assert stop(proc) == 0, log.read_text()
+        assert logger.alive(), logger.text()
     meter = data["meters"]["pac1"]
     assert meter["silent"] is True and meter["age_s"] > 10 * 0.2
     assert meter["failed_polls_last_hour"] >= 1 and meter["last_poll_error"]
     assert any(p.startswith("meter pac1: silent for ") for p in data["problems"])
-    screen = edgelog("sync-status", config=config)
+    screen = edgelog("sync-status", config=run_config)
     assert screen.returncode == 1
     assert "State    DEGRADED: meter pac1: silent for" in screen.stdout
     assert "SILENT" in screen.stdout and "last poll failed: " in screen.stdout
     # a generous limit makes the same state healthy again
-    assert sync_status(config, "--max-silence", "100000")[0] == 0
+    assert sync_status(run_config, "--max-silence", "100000")[0] == 0
 
 
 def test_an_old_backlog_is_degraded_and_a_young_one_only_a_note(
-    tmp_path: Path, simulator: SimulatorThread, logger_db: LoggerDB
+    simulator: SimulatorThread, offline_config: Path
 ) -> None:
-    config = write_config(tmp_path, unreachable_toml(logger_db), meter_toml(simulator.port, interval_s=0.2))
-    log = tmp_path / "run.log"
-    proc = start_edgelog("run", config=config, log=log)
-    try:
+    with running_logger(offline_config) as logger:
         wait_for(lambda: len(simulator.sim.served) >= 8, what="8 polls")  # 1.4 s of backlog at least
-        young_code, young = sync_status(config)  # default limit: 30 min
-        old_code, old = sync_status(config, "--max-lag", "1s")
-        text = edgelog("sync-status", "--max-lag", "1s", config=config)
-        assert proc.poll() is None, log.read_text()
-    finally:
-        assert stop(proc) == 0, log.read_text()
+        young_code, young = sync_status(offline_config)  # default limit: 30 min
+        old_code, old = sync_status(offline_config, "--max-lag", "1s")
+        text = edgelog("sync-status", "--max-lag", "1s", config=offline_config)
+        assert logger.alive(), logger.text()
     assert young_code == 0 and young["problems"] == []
     assert young["mariadb_reachable"] is False and young["unsent"] > 0
     assert "MariaDB unreachable now; readings wait in the buffer" in young["warnings"]
@@ -115,7 +104,7 @@ def test_an_old_backlog_is_degraded_and_a_young_one_only_a_note(
     assert "MariaDB  unreachable now: (2003)" in text.stdout
 
     # The same buffer, hours later (a faked wall clock): behind, and the meter silent.
-    cfg = config_mod.load(config)
+    cfg = config_mod.load(offline_config)
     later = status.evaluate(cfg, now=time.time() + 2 * 3600, ping=False)
     assert later.exit_status == 1
     assert any(p.startswith("backlog 2 h 00 min behind") for p in later.problems), later.problems
@@ -126,15 +115,11 @@ def test_an_old_backlog_is_degraded_and_a_young_one_only_a_note(
 
 
 def test_time_to_drain_at_the_rate_the_worker_recorded(
-    tmp_path: Path, simulator: SimulatorThread, logger_db: LoggerDB
+    tmp_path: Path, simulator: SimulatorThread, logger_db: LoggerDB, offline_config: Path
 ) -> None:
     # readings buffered while MariaDB was away...
-    config = write_config(tmp_path, unreachable_toml(logger_db), meter_toml(simulator.port, interval_s=0.2))
-    proc = start_edgelog("run", config=config, log=tmp_path / "run.log")
-    try:
+    with running_logger(offline_config):
         wait_for(lambda: len(simulator.sim.served) >= 6, what="6 polls")
-    finally:
-        assert stop(proc) == 0
     # ... and MariaDB back: the same buffer, a reachable server
     back = write_config(tmp_path, logger_db.toml(), meter_toml(simulator.port, interval_s=0.2))
     _, unknown = sync_status(back, "--max-silence", "1e9")
@@ -159,7 +144,7 @@ def test_a_missing_or_corrupt_buffer_exits_2_with_one_line(tmp_path: Path, logge
     corrupt = tmp_path / "corrupt.sqlite3"
     corrupt.write_bytes(b"this is not an SQLite database" * 100)
     for path in (tmp_path / "missing.sqlite3", corrupt):
-        config = write_config(tmp_path, logger_db.toml(), meter_toml(5020), buffer=path)
+        config = write_config(tmp_path, logger_db.toml(), meter_toml(5020), buffer={"path": path})
         for args in (("sync-status",), ("sync-status", "--json")):
             result = edgelog(*args, config=config)
             assert result.returncode == 2, result.stdout
@@ -210,11 +195,10 @@ def test_durations_sizes_and_colour_for_people(monkeypatch: pytest.MonkeyPatch) 
 
 @pytest.mark.parametrize("problem", ["readable", "missing"])
 def test_a_password_file_wrong_for_good_is_degraded_at_once_with_the_fix(
-    tmp_path: Path, simulator: SimulatorThread, logger_db: LoggerDB, problem: str
+    tmp_path: Path, simulator: SimulatorThread, logger_db: LoggerDB, problem: str, run_config: Path
 ) -> None:
     """Not "MariaDB unreachable" and HEALTHY: no retry can succeed until someone fixes the
     file. `run` keeps logging meanwhile, and its sync worker records the kind of error."""
-    config = write_config(tmp_path, logger_db.toml(), meter_toml(simulator.port, interval_s=0.2))
     password = logger_db.password_file
     secret = password.read_text()
     if problem == "readable":
@@ -223,17 +207,15 @@ def test_a_password_file_wrong_for_good_is_degraded_at_once_with_the_fix(
     else:
         password.unlink()
         fix = f"{password} does not exist; create it, readable by the service user only (chmod 600)"
-    log = tmp_path / "run.log"
-    proc = start_edgelog("run", config=config, log=log)
     buffer_path = tmp_path / "buffer.sqlite3"
-    try:
+    with running_logger(run_config) as logger:
         wait_for(lambda: len(simulator.sim.served) >= 3, what="polls")
-        code, data = sync_status(config)
+        code, data = sync_status(run_config)
         assert code == 1
         first = data["problems"][0]
         assert first.startswith(f"configuration: [mariadb] password_file: {password}") and first.endswith(fix)
         assert data["config_problem"].endswith(fix)
-        screen = edgelog("sync-status", config=config).stdout
+        screen = edgelog("sync-status", config=run_config).stdout
         assert (
             "State    DEGRADED: configuration: [mariadb] password_file: " in screen and "chmod 600" in screen
         )
@@ -246,8 +228,8 @@ def test_a_password_file_wrong_for_good_is_degraded_at_once_with_the_fix(
                 buffer.close()
 
         wait_for(recorded, what="the sync worker to record a config error")
-        assert proc.poll() is None, log.read_text()  # the readings go on meanwhile
-        assert "no retry can succeed until this is fixed" in log.read_text()
+        assert logger.alive(), logger.text()  # the readings go on meanwhile
+        assert "no retry can succeed until this is fixed" in logger.text()
 
         # fixed: the worker sends, clears the error and its kind; healthy again
         if problem == "readable":
@@ -256,11 +238,9 @@ def test_a_password_file_wrong_for_good_is_degraded_at_once_with_the_fix(
             password.write_text(secret)
             password.chmod(0o600)
         wait_for(lambda: not recorded(), what="the worker to clear the error kind")
-        code, data = sync_status(config)
+        code, data = sync_status(run_config)
         assert code == 0 and data["config_problem"] is None, data["problems"]
-    finally:
-        assert stop(proc) == 0, log.read_text()
-    assert secret.strip() not in log.read_text()
+    assert secret.strip() not in logger.text()
 
 
 def test_gaps_are_counted_per_meter_by_cause(tmp_path: Path, logger_db: LoggerDB) -> None:

@@ -14,7 +14,6 @@ import socket
 import statistics
 import threading
 import time
-import tomllib
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -22,20 +21,29 @@ from typing import Any
 
 import pymysql
 import pytest
-from conftest import LoggerDB, meter_toml, wait_for
+from helpers import (
+    COLUMNS,
+    EXTRA,
+    EXTRA_TOML,
+    TRICKY,
+    UNITS,
+    LoggerDB,
+    failed_sync,
+    free_port,
+    meter_toml,
+    parse_config,
+    reading_values,
+    toml_table,
+    wait_for,
+)
 
 from edgelog.buffer import Buffer
-from edgelog.config import Config, MariaDBConfig, SyncConfig, parse
+from edgelog.config import Config, MariaDBConfig, SyncConfig
 from edgelog.errors import SinkRejected, SinkUnavailable
-from edgelog.profiles import PAC3100
 from edgelog.sync import MariaDBSink, SyncWorker
 from edgelog.sync.mariadb import INSERT_COLUMNS
 
 SITE = "chapada-imperial"
-COLUMNS = [r.name for r in PAC3100.registers]
-UNITS = {r.name: r.unit for r in PAC3100.registers}
-EXTRA = "energia_extra"  # a register some configs add to the pac3100 profile
-EXTRA_TOML = f'\n[[meters.registers]]\nname = "{EXTRA}"\naddress = 801\nunit = "kWh"\n'
 
 
 # -- helpers ---------------------------------------------------------------------------
@@ -43,39 +51,33 @@ EXTRA_TOML = f'\n[[meters.registers]]\nname = "{EXTRA}"\naddress = 801\nunit = "
 
 def config_for(logger_db: LoggerDB, *, extra_register: bool = False, **mariadb: Any) -> Config:
     """A validated config for `logger_db` (over its unix socket), as `edgelog.toml` would give."""
-    text = (
-        f'site = "{SITE}"\n\n'
-        "[sync]\ninterval_s = 0.1\nbackoff_initial_s = 0.05\nbackoff_max_s = 0.2\n\n"
-        + logger_db.toml(**mariadb)
-        + "\n"
-        + meter_toml(5020)  # never polled here: only its registers matter
-        + (EXTRA_TOML if extra_register else "")
+    return parse_config(
+        toml_table("[sync]", {"interval_s": 0.1, "backoff_initial_s": 0.05, "backoff_max_s": 0.2}),
+        logger_db.toml(**mariadb),
+        meter_toml(5020)  # never polled here: only its registers matter
+        + (EXTRA_TOML if extra_register else ""),
+        site=SITE,
     )
-    return parse(tomllib.loads(text), source="test.toml")
 
 
 def worker_for(buffer: Buffer, cfg: Config, batch_size: int = 1000) -> SyncWorker:
     return SyncWorker(buffer, MariaDBSink(cfg.mariadb, cfg.site), cfg.columns(), batch_size, cfg.sync)
 
 
-def values(k: int) -> dict[str, float | None]:
-    """Distinct, awkward doubles for reading `k` (every one must survive the trip exactly)."""
-    return {name: (k + 1) / 3 + i * 1e-7 - 1e5 * (i % 3 == 0) for i, name in enumerate(COLUMNS)}
+def sending_worker(buffer: Buffer, cfg: Config, n: int) -> SyncWorker:
+    """A worker for `cfg` that has sent `n` new readings: its table made, its session open."""
+    worker = worker_for(buffer, cfg)
+    fill(buffer, n)
+    assert worker.drain() == n
+    return worker
 
 
 def fill(buffer: Buffer, n: int, start: float = 1_700_000_000.0) -> list[int]:
-    return [buffer.append("pac1", start + k, values(k)) for k in range(n)]
+    return [buffer.append("pac1", start + k, reading_values(k)) for k in range(n)]
 
 
 def remote_rows(logger_db: LoggerDB) -> list[dict[str, Any]]:
     return logger_db.rows()
-
-
-def count_and_distinct(logger_db: LoggerDB) -> tuple[int, int]:
-    ((count, distinct),) = logger_db.query(
-        f"SELECT COUNT(*), COUNT(DISTINCT site, buffer_id, seq) FROM `{logger_db.database}`.`medicoes`"
-    )
-    return count, distinct
 
 
 def table_columns(logger_db: LoggerDB) -> list[tuple[str, str, str, str]]:
@@ -91,19 +93,6 @@ def table_columns(logger_db: LoggerDB) -> list[tuple[str, str, str, str]]:
     ]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def buffer(tmp_path: Path) -> Iterator[Buffer]:
-    b = Buffer(tmp_path / "buffer.sqlite3", COLUMNS)
-    yield b
-    b.close()
-
-
 # -- the table and the values ----------------------------------------------------------
 
 
@@ -111,20 +100,11 @@ def test_ensure_table_creates_medicoes_and_rows_arrive_with_the_buffered_values(
     logger_db: LoggerDB, buffer: Buffer
 ) -> None:
     cfg = config_for(logger_db)
-    tricky = {
-        **values(0),
-        "tensao_l1_n": 0.1,
-        "tensao_l2_n": 1 / 3,
-        "tensao_l3_n": -1e-300,
-        "corrente_l1": 123456789.12345679,
-        "corrente_l2": 1.7976931348623157e308,
-        "frequencia": None,  # NaN/inf from the meter are stored as NULL
-        "corrente_neutro": None,
-    }
+    tricky = {**reading_values(0), **TRICKY, "corrente_neutro": None}
     long_error = "x" * 400
     seqs = [
         buffer.append("pac1", 1_700_000_000.123, tricky),
-        buffer.append("pac2", 1_700_000_001.5, values(1), clock_ok=False),
+        buffer.append("pac2", 1_700_000_001.5, reading_values(1), clock_ok=False),
         buffer.append("pac1", 1_700_000_002.007, None, error=long_error),  # a failed poll: a gap
     ]
     worker = worker_for(buffer, cfg)
@@ -162,7 +142,7 @@ def test_ensure_table_creates_medicoes_and_rows_arrive_with_the_buffered_values(
     ]
     for name in COLUMNS:
         assert rows[0][name] == tricky[name], name  # floats exact, None -> NULL
-        assert rows[1][name] == values(1)[name], name
+        assert rows[1][name] == reading_values(1)[name], name
         assert rows[2][name] is None, name
     assert rows[0]["frequencia"] is None and rows[0]["corrente_l2"] == 1.7976931348623157e308
     assert rows[0]["error"] is None and rows[1]["error"] is None
@@ -186,14 +166,14 @@ def test_a_new_register_adds_a_nullable_column_and_a_removed_one_is_never_droppe
     grown = config_for(logger_db, extra_register=True)
     assert list(grown.columns()) == [*COLUMNS, EXTRA]
     buffer = Buffer(path, grown.columns())
-    seq = buffer.append("pac1", 1_700_000_100.0, {**values(5), EXTRA: 42.5})
+    seq = buffer.append("pac1", 1_700_000_100.0, {**reading_values(5), EXTRA: 42.5})
     assert worker_for(buffer, grown).drain() == 1
     buffer.close()
     columns = table_columns(logger_db)
     assert columns[-1] == (EXTRA, "double", "YES", "kWh")
     rows = remote_rows(logger_db)
     assert [r[EXTRA] for r in rows] == [None, None, 42.5]
-    assert rows[-1]["seq"] == seq and rows[-1]["tensao_l1_n"] == values(5)["tensao_l1_n"]
+    assert rows[-1]["seq"] == seq and rows[-1]["tensao_l1_n"] == reading_values(5)["tensao_l1_n"]
 
     # the register is removed again: ensure_table leaves the column (and its data) alone
     shrunk = config_for(logger_db)
@@ -226,14 +206,14 @@ def test_a_crash_between_mariadb_commit_and_mark_sent_duplicates_nothing(
     sink.write_batch(buffer.buffer_id, buffer.value_columns, buffer.unsent(4))
     sink.close()
     assert buffer.sent_upto == 0 and buffer.status().unsent == 10
-    assert count_and_distinct(logger_db) == (4, 4)
+    assert logger_db.count() == (4, 4)
 
     # the next start: the worker learns from high_water that seq 1..4 are there
     worker = worker_for(buffer, cfg, batch_size=3)
     assert worker.sink.high_water(buffer.buffer_id) == seqs[3]
     assert worker.drain() == 6  # only what MariaDB did not have; nothing sent twice
     worker.sink.close()
-    assert count_and_distinct(logger_db) == (10, 10)
+    assert logger_db.count() == (10, 10)
     assert [r["seq"] for r in remote_rows(logger_db)] == seqs
     assert buffer.sent_upto == seqs[-1] and buffer.status().unsent == 0
     assert buffer.status().last_sync_at is not None
@@ -247,7 +227,7 @@ def test_replaying_a_batch_changes_nothing(logger_db: LoggerDB, buffer: Buffer) 
     first = buffer.unsent(4)
     sink.write_batch(buffer.buffer_id, buffer.value_columns, first)
     sink.write_batch(buffer.buffer_id, buffer.value_columns, first)
-    assert count_and_distinct(logger_db) == (4, 4)
+    assert logger_db.count() == (4, 4)
 
     # a replay never overwrites what MariaDB has, even if the row differs
     changed = [(*row[:5], *([-1.0] * len(COLUMNS))) for row in first]
@@ -255,11 +235,11 @@ def test_replaying_a_batch_changes_nothing(logger_db: LoggerDB, buffer: Buffer) 
     # an overlapping batch adds only the new rows
     sink.write_batch(buffer.buffer_id, buffer.value_columns, buffer.unsent(10, after=2))
     sink.close()
-    assert count_and_distinct(logger_db) == (6, 6)
+    assert logger_db.count() == (6, 6)
     rows = remote_rows(logger_db)
     assert [r["seq"] for r in rows] == [1, 2, 3, 4, 5, 6]
     for k, row in enumerate(rows):
-        assert [row[c] for c in COLUMNS] == [values(k)[c] for c in COLUMNS]
+        assert [row[c] for c in COLUMNS] == [reading_values(k)[c] for c in COLUMNS]
 
 
 # -- least privilege -------------------------------------------------------------------
@@ -311,7 +291,7 @@ def test_the_least_privilege_user_creates_extends_and_fills_the_table(
     assert any(s.startswith("ALTER TABLE") for s in statements)
     assert sum(s.startswith("INSERT INTO") for s in statements) >= 3
     assert not verbs & {"DELETE", "DROP", "TRUNCATE", "REPLACE", "GRANT", "RENAME"}, verbs
-    assert count_and_distinct(logger_db) == (4, 4)
+    assert logger_db.count() == (4, 4)
 
 
 # -- MariaDB unavailable, slow, or refusing ------------------------------------------------
@@ -320,13 +300,8 @@ def test_the_least_privilege_user_creates_extends_and_fills_the_table(
 def test_a_closed_port_is_unavailable_at_once(buffer: Buffer) -> None:
     port = free_port()
     cfg = MariaDBConfig(user="edgelog", password="pw", host="127.0.0.1", port=port, connect_timeout_s=5)
-    worker = SyncWorker(buffer, MariaDBSink(cfg, SITE), UNITS, 100)
-    fill(buffer, 2)
-    started = time.monotonic()
-    with pytest.raises(SinkUnavailable) as info:
-        worker.sync_once()
-    assert time.monotonic() - started < 2
-    message = str(info.value)
+    _, message, took = failed_sync(buffer, cfg)
+    assert took < 2
     assert f"127.0.0.1:{port}" in message and "\n" not in message
     assert buffer.sent_upto == 0 and buffer.status().unsent == 2
 
@@ -383,11 +358,8 @@ def table_lock(logger_db: LoggerDB) -> Iterator[Any]:
 def test_a_server_that_hangs_mid_query_raises_and_nothing_is_marked_sent(
     logger_db: LoggerDB, buffer: Buffer, table_lock: Any
 ) -> None:
-    cfg = config_for(logger_db, read_timeout_s=1, write_timeout_s=1)
-    worker = worker_for(buffer, cfg)
-    fill(buffer, 3)
-    assert worker.drain() == 3
-    seqs = [buffer.append("pac1", 1_700_000_100.0 + k, values(k)) for k in range(3)]
+    worker = sending_worker(buffer, config_for(logger_db, read_timeout_s=1, write_timeout_s=1), 3)
+    seqs = [buffer.append("pac1", 1_700_000_100.0 + k, reading_values(k)) for k in range(3)]
 
     with table_lock.cursor() as cur:
         cur.execute(f"LOCK TABLES `{logger_db.database}`.`medicoes` WRITE")
@@ -400,20 +372,17 @@ def test_a_server_that_hangs_mid_query_raises_and_nothing_is_marked_sent(
     with table_lock.cursor() as cur:
         cur.execute("UNLOCK TABLES")
 
-    assert count_and_distinct(logger_db) == (3, 3)
+    assert logger_db.count() == (3, 3)
     assert worker.drain() == 3  # the same batch, once the server answers again
     worker.sink.close()
-    assert count_and_distinct(logger_db) == (6, 6)
+    assert logger_db.count() == (6, 6)
     assert buffer.sent_upto == seqs[-1]
 
 
 def test_a_query_longer_than_connect_timeout_but_within_read_timeout_succeeds(
     logger_db: LoggerDB, buffer: Buffer, table_lock: Any
 ) -> None:
-    cfg = config_for(logger_db, connect_timeout_s=1, read_timeout_s=10)
-    worker = worker_for(buffer, cfg)
-    fill(buffer, 1)
-    assert worker.drain() == 1
+    worker = sending_worker(buffer, config_for(logger_db, connect_timeout_s=1, read_timeout_s=10), 1)
     fill(buffer, 2)
     with table_lock.cursor() as cur:
         cur.execute(f"LOCK TABLES `{logger_db.database}`.`medicoes` WRITE")
@@ -426,7 +395,7 @@ def test_a_query_longer_than_connect_timeout_but_within_read_timeout_succeeds(
         unlock.join()
         worker.sink.close()
     assert time.monotonic() - started >= 1.5  # it did wait for the lock, past connect_timeout
-    assert count_and_distinct(logger_db) == (3, 3)
+    assert logger_db.count() == (3, 3)
 
 
 def test_a_wrong_password_is_one_line_without_the_password(
@@ -506,7 +475,7 @@ def test_run_keeps_retrying_until_mariadb_lets_it_in_then_delivers_everything(
         stop.set()
         thread.join(10)
     assert not thread.is_alive()
-    assert count_and_distinct(logger_db) == (11, 11)
+    assert logger_db.count() == (11, 11)
     assert [r["seq"] for r in remote_rows(logger_db)] == list(range(1, 12))
     assert buffer.status().last_sync_at is not None
     assert worker.sink.conn is None  # run() closes the connection when it stops
@@ -515,11 +484,11 @@ def test_run_keeps_retrying_until_mariadb_lets_it_in_then_delivers_everything(
 def test_a_value_the_table_refuses_is_rejected_not_unavailable(logger_db: LoggerDB, buffer: Buffer) -> None:
     cfg = config_for(logger_db)
     worker = worker_for(buffer, cfg, batch_size=1)
-    buffer.append("pac1", 1_700_000_000.0, {**values(0), "tensao_l1_n": 126.9})
+    buffer.append("pac1", 1_700_000_000.0, {**reading_values(0), "tensao_l1_n": 126.9})
     assert worker.drain() == 1
     logger_db.query(f"ALTER TABLE `{logger_db.database}`.`medicoes` MODIFY `tensao_l1_n` DECIMAL(5,1) NULL")
-    good = buffer.append("pac1", 1_700_000_010.0, {**values(1), "tensao_l1_n": 127.4})
-    poison = buffer.append("pac1", 1_700_000_011.0, {**values(2), "tensao_l1_n": 1e9})
+    good = buffer.append("pac1", 1_700_000_010.0, {**reading_values(1), "tensao_l1_n": 127.4})
+    poison = buffer.append("pac1", 1_700_000_011.0, {**reading_values(2), "tensao_l1_n": 1e9})
 
     assert worker.sync_once() == 1  # a value that fits DECIMAL(5,1) still goes through
     with pytest.raises(SinkRejected) as info:

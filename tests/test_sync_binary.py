@@ -13,7 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from conftest import LoggerDB, edgelog, meter_toml, write_config
+from helpers import LoggerDB, edgelog, meter_toml, write_config
 from pymysql.connections import Connection
 from pymysql.protocol import MysqlPacket
 
@@ -49,14 +49,7 @@ def _backlog(path: Path, n: int) -> Buffer:
 
 
 def _config(logger_db: LoggerDB, fast_path: bool = True) -> MariaDBConfig:
-    return MariaDBConfig(
-        user=logger_db.user,
-        unix_socket=logger_db.socket,
-        password_file=logger_db.password_file,
-        database=logger_db.database,
-        batch_size=4 * BINARY_MIN_ROWS,
-        fast_path=fast_path,
-    )
+    return logger_db.config(batch_size=4 * BINARY_MIN_ROWS, fast_path=fast_path)
 
 
 def _assert_exactly_as_buffered(buffer: Buffer, logger_db: LoggerDB) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import itertools
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -16,9 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, meter_toml, start_edgelog, write_config
-
-from edgelog.simulate import Pac3100Simulator, SimulatorThread
+from helpers import ROOT, meter_toml, running_logger, write_config
 
 UNIT = ROOT / "systemd" / "edgelog.service"
 
@@ -107,19 +104,13 @@ def _messages(sock: socket.socket, seconds: float) -> list[tuple[float, str]]:
     return got
 
 
-def test_run_sends_ready_and_watchdog_and_stops_pinging_while_a_bus_hangs(tmp_path, simulator, logger_db):
+def test_run_sends_ready_and_watchdog_and_stops_pinging_while_a_bus_hangs(
+    tmp_path, simulator, sim2, logger_db
+):
     """Two buses. A poll that hangs on one of them (a driver blocking for good: injected by
     tests/inject/sitecustomize.py, as pymodbus itself bounds every request) stops the pings
     once it is stuck beyond what a poll may take, though the other bus goes on polling;
     the pings resume when it moves again."""
-    second = SimulatorThread(Pac3100Simulator()).start()
-    try:
-        _hung_bus(tmp_path, simulator, second, logger_db)
-    finally:
-        second.stop()
-
-
-def _hung_bus(tmp_path, simulator, sim2, logger_db) -> None:
     notify = tmp_path / "notify.sock"
     sock = _listen(notify)
     hang = tmp_path / "hang"
@@ -129,42 +120,39 @@ def _hung_bus(tmp_path, simulator, sim2, logger_db) -> None:
         meter_toml(simulator.port, interval_s=0.5),
         meter_toml(sim2.port, name="pac2", interval_s=0.5),
     )
-    log = tmp_path / "run.log"
     watchdog = {"NOTIFY_SOCKET": str(notify), "WATCHDOG_USEC": "1000000"}
-    proc = start_edgelog("run", config=config, log=log, fault=f"hang:{hang}", env=watchdog)
-    try:
-        healthy = _messages(sock, 4.0)
-        texts = [m for _, m in healthy]
-        assert any(m.startswith("READY=1") for m in texts), texts
-        pings = [t for t, m in healthy if m == "WATCHDOG=1"]
-        assert len(pings) >= 5, texts
-        # never a gap as long as WATCHDOG_USEC (1 s): systemd would kill the service
-        assert max(b - a for a, b in itertools.pairwise(pings)) < 1.0
+    with running_logger(config, fault=f"hang:{hang}", env=watchdog, timeout=60) as logger:
+        try:
+            healthy = _messages(sock, 4.0)
+            texts = [m for _, m in healthy]
+            assert any(m.startswith("READY=1") for m in texts), texts
+            pings = [t for t, m in healthy if m == "WATCHDOG=1"]
+            assert len(pings) >= 5, texts
+            # never a gap as long as WATCHDOG_USEC (1 s): systemd would kill the service
+            assert max(b - a for a, b in itertools.pairwise(pings)) < 1.0
 
-        # pac2's poll hangs: its bus stops moving. The stall limit is a poll's bound
-        # (2 × 0.375 s) + 0.5 s + 5 s of slack: the pings stop within ~6.3 s of its last
-        # beat and stay stopped, while pac1, on the other bus, goes on polling.
-        hang.write_text("pac2\n")
-        hung_at = time.monotonic()
-        served = len(simulator.sim.served)
-        during = [t for t, m in _messages(sock, 10.0) if m == "WATCHDOG=1"]
-        last = max(during, default=hung_at)
-        assert last - hung_at < 8.0, "pings went on while a bus hung"
-        assert time.monotonic() - last > 2.0, "pings resumed while the bus still hung"
-        assert len(simulator.sim.served) - served >= 15, "the other bus must keep polling (0.5 s)"
-        text = log.read_text()
-        assert f"bus 127.0.0.1:{sim2.port}: no progress for" in text and "watchdog pings withheld" in text
-        assert f"bus 127.0.0.1:{simulator.port}: no progress" not in text
+            # pac2's poll hangs: its bus stops moving. The stall limit is a poll's bound
+            # (2 × 0.375 s) + 0.5 s + 5 s of slack: the pings stop within ~6.3 s of its last
+            # beat and stay stopped, while pac1, on the other bus, goes on polling.
+            hang.write_text("pac2\n")
+            hung_at = time.monotonic()
+            served = len(simulator.sim.served)
+            during = [t for t, m in _messages(sock, 10.0) if m == "WATCHDOG=1"]
+            last = max(during, default=hung_at)
+            assert last - hung_at < 8.0, "pings went on while a bus hung"
+            assert time.monotonic() - last > 2.0, "pings resumed while the bus still hung"
+            assert len(simulator.sim.served) - served >= 15, "the other bus must keep polling (0.5 s)"
+            text = logger.text()
+            assert f"bus 127.0.0.1:{sim2.port}: no progress for" in text and "watchdog pings withheld" in text
+            assert f"bus 127.0.0.1:{simulator.port}: no progress" not in text
 
-        hang.unlink()
-        again = [m for _, m in _messages(sock, 3.0) if m == "WATCHDOG=1"]
-        assert len(again) >= 2, "the pings resume once the bus moves again"
-        assert "progresses again; watchdog pings resume" in log.read_text()
-        assert proc.poll() is None, log.read_text()
-    finally:
-        hang.unlink(missing_ok=True)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(60) == 0, log.read_text()
-        stop_msgs = [m for _, m in _messages(sock, 0.5)]
-        sock.close()
-    assert "STOPPING=1" in stop_msgs or proc.returncode == 0
+            hang.unlink()
+            again = [m for _, m in _messages(sock, 3.0) if m == "WATCHDOG=1"]
+            assert len(again) >= 2, "the pings resume once the bus moves again"
+            assert "progresses again; watchdog pings resume" in logger.text()
+            assert logger.alive(), logger.text()
+        finally:
+            hang.unlink(missing_ok=True)
+    stop_msgs = [m for _, m in _messages(sock, 0.5)]
+    sock.close()
+    assert "STOPPING=1" in stop_msgs or logger.proc.returncode == 0

@@ -61,7 +61,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, wait_for
+from helpers import ROOT, wait_for, wait_or_kill
 
 UNIT_FILE = ROOT / "systemd" / "edgelog.service"
 SRC = "/edgelog-src"  # the copy of this checkout inside the container
@@ -261,11 +261,7 @@ class Container:
         if self.leader:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.leader, signal.SIGKILL)
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
+        wait_or_kill(self.proc, 20)
 
     def remove(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

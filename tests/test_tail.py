@@ -9,14 +9,20 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import ROOT, LoggerDB, _env, edgelog, meter_toml, start_edgelog, stop, wait_for, write_config
-from test_cli import unreachable_toml
+from helpers import (
+    ROOT,
+    UNITS,
+    LoggerDB,
+    child_env,
+    edgelog,
+    meter_toml,
+    running_logger,
+    wait_for,
+    write_config,
+)
 
-from edgelog.profiles import PAC3100
 from edgelog.simulate import SimulatorThread
 from edgelog.tail import fmt_value
-
-UNITS = {r.name: r.unit for r in PAC3100.registers}
 
 
 def value_of(frame: str, name: str) -> tuple[float, str]:
@@ -26,25 +32,22 @@ def value_of(frame: str, name: str) -> tuple[float, str]:
 
 
 def test_tail_once_shows_the_newest_values_with_units_then_the_failure(
-    tmp_path: Path, simulator: SimulatorThread, logger_db: LoggerDB
+    simulator: SimulatorThread, offline_config: Path
 ) -> None:
-    config = write_config(tmp_path, unreachable_toml(logger_db), meter_toml(simulator.port, interval_s=0.2))
-    log = tmp_path / "run.log"
-    proc = start_edgelog("run", config=config, log=log)
-    try:
+    with running_logger(offline_config) as logger:
         wait_for(lambda: len(simulator.sim.served) >= 3, what="3 polls")
-        result = edgelog("tail", "--once", config=config)  # while `run` writes (MariaDB away meanwhile)
+        # while `run` writes (MariaDB away meanwhile)
+        result = edgelog("tail", "--once", config=offline_config)
         assert result.returncode == 0, result.stderr
         frame = result.stdout
         served = list(simulator.sim.served)
         simulator.stop()  # the meter goes quiet: the next polls fail
         wait_for(
-            lambda: "newest poll FAILED" in edgelog("tail", "--once", config=config).stdout, what="a gap"
+            lambda: "newest poll FAILED" in edgelog("tail", "--once", config=offline_config).stdout,
+            what="a gap",
         )
-        failed = edgelog("tail", "--once", config=config)
-        assert proc.poll() is None, log.read_text()
-    finally:
-        assert stop(proc) == 0, log.read_text()
+        failed = edgelog("tail", "--once", config=offline_config)
+        assert logger.alive(), logger.text()
 
     assert frame.startswith("edgelog tail · site test-site · ")
     assert re.search(r"^reading\s+\d\d:\d\d:\d\d UTC, [\d.]+ s ago", frame, re.MULTILINE), frame
@@ -70,22 +73,16 @@ def test_tail_once_shows_the_newest_values_with_units_then_the_failure(
     assert value_of(text, "frequencia")[1] == "Hz"  # the last good values are still shown
 
 
-def test_tail_refreshes_until_interrupted(
-    tmp_path: Path, simulator: SimulatorThread, logger_db: LoggerDB
-) -> None:
-    config = write_config(tmp_path, unreachable_toml(logger_db), meter_toml(simulator.port, interval_s=0.2))
-    proc = start_edgelog("run", config=config, log=tmp_path / "run.log")
-    try:
+def test_tail_refreshes_until_interrupted(simulator: SimulatorThread, offline_config: Path) -> None:
+    with running_logger(offline_config):
         wait_for(lambda: len(simulator.sim.served) >= 2, what="2 polls")
-        cmd = [sys.executable, "-m", "edgelog", "--config", str(config), "tail", "--every", "0.3"]
+        cmd = [sys.executable, "-m", "edgelog", "--config", str(offline_config), "tail", "--every", "0.3"]
         tail = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=ROOT
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env(), cwd=ROOT
         )
         time.sleep(2.0)
         tail.send_signal(signal.SIGINT)  # Ctrl+C
         out, err = tail.communicate(timeout=20)
-    finally:
-        assert stop(proc) == 0
     assert tail.returncode == 0, err
     frames = out.split("edgelog tail · ")[1:]
     assert len(frames) >= 3, out  # refreshed every 0.3 s
@@ -95,7 +92,9 @@ def test_tail_refreshes_until_interrupted(
 
 
 def test_tail_errors(tmp_path: Path, logger_db: LoggerDB) -> None:
-    config = write_config(tmp_path, logger_db.toml(), meter_toml(5020), buffer=tmp_path / "none.sqlite3")
+    config = write_config(
+        tmp_path, logger_db.toml(), meter_toml(5020), buffer={"path": tmp_path / "none.sqlite3"}
+    )
     missing = edgelog("tail", "--once", config=config)
     assert missing.returncode == 2 and missing.stdout == ""
     (line,) = missing.stderr.splitlines()

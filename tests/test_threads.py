@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import LoggerDB, meter_toml, start_edgelog, wait_for, write_config
+from helpers import running_logger, start_edgelog, wait_for
 
 from edgelog.buffer import Buffer
 from edgelog.simulate import SimulatorThread
@@ -29,12 +29,11 @@ from edgelog.simulate import SimulatorThread
     ],
 )
 def test_a_thread_that_ends_stops_the_process_with_exit_1_and_says_why(
-    tmp_path: Path, simulator: SimulatorThread, logger_db: LoggerDB, fault: str, expected: str
+    tmp_path: Path, simulator: SimulatorThread, fault: str, expected: str, run_config: Path
 ) -> None:
-    config = write_config(tmp_path, logger_db.toml(), meter_toml(simulator.port, interval_s=0.2))
     log = tmp_path / "run.log"
     started = time.monotonic()
-    proc = start_edgelog("run", config=config, log=log, fault=fault)
+    proc = start_edgelog("run", config=run_config, log=log, fault=fault)
     try:
         status = proc.wait(60)
     finally:
@@ -56,16 +55,8 @@ def test_a_thread_that_ends_stops_the_process_with_exit_1_and_says_why(
             buffer.close()
 
 
-def test_without_a_fault_the_hook_changes_nothing(
-    tmp_path: Path, simulator: SimulatorThread, logger_db
-) -> None:
+def test_without_a_fault_the_hook_changes_nothing(simulator: SimulatorThread, run_config: Path) -> None:
     """The same hook directory on PYTHONPATH, EDGELOG_TEST_FAULT unset: a normal run, exit 0."""
-    config = write_config(tmp_path, logger_db.toml(), meter_toml(simulator.port, interval_s=0.2))
-    log = tmp_path / "run.log"
-    proc = start_edgelog("run", config=config, log=log, fault="")
-    try:
+    with running_logger(run_config, fault="", timeout=60) as logger:
         wait_for(lambda: len(simulator.sim.served) >= 5, what="5 polls")
-        assert proc.poll() is None, log.read_text()
-    finally:
-        proc.terminate()
-        assert proc.wait(60) == 0, log.read_text()
+        assert logger.alive(), logger.text()

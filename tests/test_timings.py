@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import meter_toml, start_edgelog, stop, wait_for, write_config
+from helpers import running_logger, wait_for
 
 from edgelog.buffer import Buffer, NewReading
 from edgelog.buffer.writer import Writer
@@ -71,22 +71,18 @@ def test_never_into_a_fifo_or_a_device(tmp_path: Path, caplog: pytest.LogCapture
     assert f"{ENV_VAR}=/dev/null: not a regular file" in caplog.text
 
 
-def test_edgelog_run_writes_the_timings_log(tmp_path: Path, simulator, logger_db) -> None:
+def test_edgelog_run_writes_the_timings_log(tmp_path: Path, run_config: Path) -> None:
     """The real process: every row it stored has a line, its poll on the grid, poll <=
     answer <= committed; the sync thread notes the position and its drains."""
-    interval = 0.2
+    interval = 0.2  # the simulator's, in `run_config`
     buffer = tmp_path / "buffer.sqlite3"
-    config = write_config(tmp_path, logger_db.toml(), meter_toml(simulator.port, interval_s=interval))
     log = tmp_path / "timings.jsonl"
 
     def logged(event: str) -> int:
         return sum(f'"ev":"{event}"' in x for x in log.read_text().splitlines()) if log.exists() else 0
 
-    proc = start_edgelog("run", config=config, log=tmp_path / "run.log", env={ENV_VAR: str(log)})
-    try:
+    with running_logger(run_config, env={ENV_VAR: str(log)}):
         wait_for(lambda: logged("reading") >= 10 and logged("sent") >= 2, what="10 readings, 2 syncs")
-    finally:
-        assert stop(proc) == 0
     records = lines(log)
     readings = [r for r in records if r["ev"] == "reading"]
     reader = Buffer(buffer, create=False)

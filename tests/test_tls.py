@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pymysql
 import pytest
-from conftest import LoggerDB, edgelog, meter_toml, write_config
+from helpers import LoggerDB, edgelog, meter_toml, write_config
 from tlspki import make_pki
 
 from edgelog.config import MariaDBConfig, parse

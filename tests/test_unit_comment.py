@@ -11,7 +11,7 @@ import tomllib
 
 import pymysql
 import pytest
-from conftest import ROOT, LoggerDB, meter_toml, write_config
+from helpers import ROOT, LoggerDB, meter_toml, write_config
 from pymysql.converters import escape_string
 
 from edgelog.config import UNIT_MAX, parse

@@ -18,51 +18,41 @@ import math
 import secrets
 import socket
 import threading
-import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pymysql
 import pytest
-from conftest import LoggerDB, meter_toml
+from helpers import COLUMNS, TRICKY, LoggerDB, meter_toml, parse_config, reading_values
 from pymysql.constants import CLIENT
 
 from bench.loaddata import new_local_name as bench_local_name
 from bench.loaddata import open_loading
 from edgelog.buffer import Buffer
 from edgelog.clock import utc_text
-from edgelog.config import Config, parse
+from edgelog.config import Config
 from edgelog.errors import SinkRejected, SinkUnavailable
-from edgelog.profiles import PAC3100
 from edgelog.sync import MariaDBSink, SyncWorker, connect, wire
 from edgelog.sync.connect import GuardedConnection, GuardedResult, LocalInfileRefused
 from edgelog.sync.mariadb import BINARY_MIN_ROWS, INSERT_COLUMNS, quote
 
 SITE = "chapada-imperial"
-COLUMNS = [r.name for r in PAC3100.registers]
 
 
 def config_for(db: LoggerDB, port: int | None = None, **mariadb: Any) -> Config:
-    text = f'site = "{SITE}"\n\n' + db.toml("tcp" if port else "socket", **mariadb) + "\n" + meter_toml(5020)
-    if port:
-        text = text.replace(f"port = {db.port}", f"port = {port}")
-    return parse(tomllib.loads(text), source="test.toml")
-
-
-def values(k: int) -> dict[str, float | None]:
-    return {name: (k + 1) / 3 + i * 1e-7 - 1e5 * (i % 3 == 0) for i, name in enumerate(COLUMNS)}
+    return parse_config(db.toml(port=port, **mariadb), meter_toml(5020), site=SITE)
 
 
 def fill(buffer: Buffer, n: int, start: float = 1_780_000_000.0) -> list[int]:
-    return [buffer.append("pac1", start + k * 0.1, values(k)) for k in range(n)]
+    return [buffer.append("pac1", start + k * 0.1, reading_values(k)) for k in range(n)]
 
 
-def count(db: LoggerDB) -> tuple[int, int]:
-    ((total, distinct),) = db.query(
-        f"SELECT COUNT(*), COUNT(DISTINCT site, buffer_id, seq) FROM `{db.database}`.`medicoes`"
-    )
-    return int(total), int(distinct)
+def table_sink(cfg: Config) -> MariaDBSink:
+    """A sink for `cfg`, its table created."""
+    sink = MariaDBSink(cfg.mariadb, cfg.site)
+    sink.ensure_table(cfg.columns())
+    return sink
 
 
 @pytest.fixture(params=[True, False], ids=["binary", "plain"])
@@ -74,13 +64,6 @@ def fast_path(request: pytest.FixtureRequest) -> bool:
 
 def path_stats(fast_path: bool, batches: int) -> dict[str, int]:
     return {"binary": batches if fast_path else 0, "text": 0 if fast_path else batches, "binary_fallback": 0}
-
-
-@pytest.fixture
-def buffer(tmp_path: Path) -> Iterator[Buffer]:
-    b = Buffer(tmp_path / "buffer.sqlite3", COLUMNS)
-    yield b
-    b.close()
 
 
 # -- the binary path ---------------------------------------------------------------------------
@@ -96,19 +79,10 @@ def test_chunk_sizes_cover_the_batch_with_few_shapes() -> None:
 
 def test_a_backlog_batch_arrives_bit_for_bit(logger_db: LoggerDB, buffer: Buffer, fast_path: bool) -> None:
     cfg = config_for(logger_db, fast_path=fast_path)
-    tricky = {
-        **values(0),
-        "tensao_l1_n": 0.1,
-        "tensao_l2_n": 1 / 3,
-        "tensao_l3_n": -1e-300,
-        "corrente_l1": 123456789.12345679,
-        "corrente_l2": 1.7976931348623157e308,
-        "corrente_l3": 5e-324,  # the smallest subnormal
-        "frequencia": None,  # NaN/inf from the meter are stored as NULL
-    }
+    tricky = {**reading_values(0), **TRICKY, "corrente_l3": 5e-324}  # the smallest subnormal
     error = "timeout:\tno answer\nin 0.5 s \\ « ação » 电" + "x" * 400  # clipped to 255 characters
     seqs = [buffer.append("pac1", 1_780_000_000.0005, tricky)]
-    seqs.append(buffer.append("pac2", 1_780_000_000.0625, values(1), clock_ok=False))
+    seqs.append(buffer.append("pac2", 1_780_000_000.0625, reading_values(1), clock_ok=False))
     seqs.append(buffer.append("pac1", 1_780_000_001.9996, None, error=error))
     seqs += fill(buffer, 2 * BINARY_MIN_ROWS)
     worker = SyncWorker(buffer, MariaDBSink(cfg.mariadb, cfg.site), cfg.columns(), 1000, cfg.sync)
@@ -119,7 +93,7 @@ def test_a_backlog_batch_arrives_bit_for_bit(logger_db: LoggerDB, buffer: Buffer
 
     rows = logger_db.rows()
     assert [r["seq"] for r in rows] == seqs
-    assert count(logger_db) == (len(seqs), len(seqs))
+    assert logger_db.count() == (len(seqs), len(seqs))
     for row, source in zip(rows, buffer.unsent(10_000, after=0), strict=True):
         seq, meter, at, ok, err, *vals = source
         assert row["site"] == SITE and row["buffer_id"] == buffer.buffer_id
@@ -142,8 +116,7 @@ def test_replays_and_overlaps_duplicate_nothing_and_overwrite_nothing(
     cfg = config_for(logger_db, fast_path=fast_path)
     n = 3 * BINARY_MIN_ROWS
     fill(buffer, n)
-    sink = MariaDBSink(cfg.mariadb, cfg.site)
-    sink.ensure_table(cfg.columns())
+    sink = table_sink(cfg)
     first = buffer.unsent(2 * BINARY_MIN_ROWS, after=0)
     sink.write_batch(buffer.buffer_id, buffer.value_columns, first)
     sink.write_batch(buffer.buffer_id, buffer.value_columns, first)  # a replay
@@ -152,24 +125,25 @@ def test_replays_and_overlaps_duplicate_nothing_and_overwrite_nothing(
     sink.write_batch(buffer.buffer_id, buffer.value_columns, buffer.unsent(n, after=BINARY_MIN_ROWS))
     assert sink.stats == path_stats(fast_path, 4)
     sink.close()
-    assert count(logger_db) == (n, n)
+    assert logger_db.count() == (n, n)
     for k, row in enumerate(logger_db.rows()):
-        assert [row[c] for c in COLUMNS] == list(values(k).values())
+        assert [row[c] for c in COLUMNS] == list(reading_values(k).values())
 
 
 def test_a_value_the_table_refuses_rejects_the_whole_batch(
     logger_db: LoggerDB, buffer: Buffer, fast_path: bool
 ) -> None:
     cfg = config_for(logger_db, fast_path=fast_path)
-    sink = MariaDBSink(cfg.mariadb, cfg.site)
-    sink.ensure_table(cfg.columns())
+    sink = table_sink(cfg)
     logger_db.query(f"ALTER TABLE `{logger_db.database}`.`medicoes` MODIFY `tensao_l1_n` DECIMAL(5,1) NULL")
     seqs = [
-        buffer.append("pac1", 1_780_000_000.0 + k, {**values(k), "tensao_l1_n": 127.4}) for k in range(40)
+        buffer.append("pac1", 1_780_000_000.0 + k, {**reading_values(k), "tensao_l1_n": 127.4})
+        for k in range(40)
     ]
-    poison = buffer.append("pac1", 1_780_000_100.0, {**values(0), "tensao_l1_n": 1e9})
+    poison = buffer.append("pac1", 1_780_000_100.0, {**reading_values(0), "tensao_l1_n": 1e9})
     seqs += [
-        buffer.append("pac1", 1_780_000_200.0 + k, {**values(k), "tensao_l1_n": 127.4}) for k in range(40)
+        buffer.append("pac1", 1_780_000_200.0 + k, {**reading_values(k), "tensao_l1_n": 127.4})
+        for k in range(40)
     ]
     rows = buffer.unsent(1000)
     with pytest.raises(SinkRejected) as info:
@@ -178,7 +152,7 @@ def test_a_value_the_table_refuses_rejects_the_whole_batch(
     assert sink.stats["binary"] == 0  # it failed: no fallback hides the error
     assert sink.stats["text"] == (0 if fast_path else 1) and sink.stats["binary_fallback"] == 0
     assert sink.sync_path == ("binary" if fast_path else "plain (fast_path = false)")  # a row's fault
-    assert count(logger_db) == (0, 0)  # nothing of the batch, not even the rows before the bad one
+    assert logger_db.count() == (0, 0)  # nothing of the batch, not even the rows before the bad one
 
     # the worker then isolates the row (its bisection, through both paths); the rest arrives
     worker = SyncWorker(buffer, sink, cfg.columns(), 1000, cfg.sync)
@@ -193,8 +167,7 @@ def test_a_value_the_table_refuses_rejects_the_whole_batch(
 
 def test_an_infinite_value_is_rejected_not_clamped(logger_db: LoggerDB, buffer: Buffer) -> None:
     cfg = config_for(logger_db)
-    sink = MariaDBSink(cfg.mariadb, cfg.site)
-    sink.ensure_table(cfg.columns())
+    sink = table_sink(cfg)
     fill(buffer, BINARY_MIN_ROWS)
     rows = [list(r) for r in buffer.unsent(1000)]
     rows[5][5] = math.inf  # not from a meter (they are stored as NULL), but never stored as a number
@@ -202,20 +175,19 @@ def test_an_infinite_value_is_rejected_not_clamped(logger_db: LoggerDB, buffer: 
         sink.write_batch(buffer.buffer_id, buffer.value_columns, rows)
     sink.close()
     assert "(1264)" in str(info.value)
-    assert count(logger_db) == (0, 0)
+    assert logger_db.count() == (0, 0)
 
 
 def test_a_value_that_is_not_a_number_goes_to_the_text_insert(logger_db: LoggerDB, buffer: Buffer) -> None:
     cfg = config_for(logger_db)
-    sink = MariaDBSink(cfg.mariadb, cfg.site)
-    sink.ensure_table(cfg.columns())
+    sink = table_sink(cfg)
     fill(buffer, BINARY_MIN_ROWS)
     rows = [list(r) for r in buffer.unsent(1000)]
     rows[3][6] = "12.5"  # a text in a REAL column (SQLite allows it): the binary path cannot carry it
     sink.write_batch(buffer.buffer_id, buffer.value_columns, rows)
     assert sink.stats == {"binary": 0, "text": 1, "binary_fallback": 1}
     sink.close()
-    assert count(logger_db) == (BINARY_MIN_ROWS, BINARY_MIN_ROWS)
+    assert logger_db.count() == (BINARY_MIN_ROWS, BINARY_MIN_ROWS)
     assert logger_db.rows()[3][COLUMNS[1]] == 12.5
 
 
@@ -223,8 +195,7 @@ def test_a_server_that_hangs_mid_batch_is_unavailable_within_the_read_timeout(
     logger_db: LoggerDB, buffer: Buffer, fast_path: bool
 ) -> None:
     cfg = config_for(logger_db, read_timeout_s=1, write_timeout_s=1, fast_path=fast_path)
-    sink = MariaDBSink(cfg.mariadb, cfg.site)
-    sink.ensure_table(cfg.columns())
+    sink = table_sink(cfg)
     fill(buffer, 4 * wire.CHUNK_ROWS)
     lock = pymysql.connect(unix_socket=logger_db.socket, user="root", autocommit=True)
     try:
@@ -235,10 +206,10 @@ def test_a_server_that_hangs_mid_batch_is_unavailable_within_the_read_timeout(
         assert sink.conn is None
     finally:
         lock.close()
-    assert count(logger_db) == (0, 0)
+    assert logger_db.count() == (0, 0)
     sink.write_batch(buffer.buffer_id, buffer.value_columns, buffer.unsent(10_000))  # a new connection
     sink.close()
-    assert count(logger_db) == (4 * wire.CHUNK_ROWS,) * 2
+    assert logger_db.count() == (4 * wire.CHUNK_ROWS,) * 2
 
 
 # -- LOCAL INFILE: a rogue server ------------------------------------------------------------
@@ -403,7 +374,7 @@ def test_a_rogue_server_asking_the_sink_for_a_file_gets_nothing(
         proxy.close()
     assert opened == []
     assert secret not in bytes(proxy.from_client)
-    assert buffer.sent_upto == 0 and count(logger_db) == (0, 0)
+    assert buffer.sent_upto == 0 and logger_db.count() == (0, 0)
 
 
 def test_a_rewritten_load_data_request_sends_neither_the_file_nor_our_data(
@@ -416,8 +387,7 @@ def test_a_rewritten_load_data_request_sends_neither_the_file_nor_our_data(
         pytest.skip("this MariaDB has local_infile off")
     path, secret, opened = canary
     cfg = config_for(logger_db)
-    sink = MariaDBSink(cfg.mariadb, cfg.site)
-    sink.ensure_table(cfg.columns())
+    sink = table_sink(cfg)
     sink.close()
     ours = b"ours-" + secrets.token_hex(8).encode()
     line = "\t".join([SITE, "pac1", "0123456789abcdef", "1", "2026-01-01 00:00:00.000", "1", "\\N"])

@@ -23,42 +23,23 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import wait_for
-
-from edgelog.buffer import Buffer
-from edgelog.simulate import plant_values
-
-from .kit import (
+from helpers import (
     COLUMNS,
+    MIB,
     buffer_rows,
-    mariadb_toml,
     max_seq,
     meta,
-    meter,
+    meter_toml,
+    prefill,
     query,
     remote_count,
     remote_rows,
     skipped_slots,
+    wait_for,
     wait_rows,
-    write_config,
 )
 
-MIB = 1024 * 1024
 PREFILL = 3000
-
-
-def prefill(path: Path, n: int) -> float:
-    """A buffer of `n` unsent readings (as if MariaDB had been away); returns its MiB."""
-    buffer = Buffer(path, COLUMNS)
-    try:
-        with buffer.db.atomic():
-            for k in range(n):
-                t = time.time() - 3600 + k
-                buffer.append("pac1", t, {c: v for c, v in plant_values(t).items() if c in COLUMNS})
-        buffer.db.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)")
-        return buffer.size_bytes() / MIB
-    finally:
-        buffer.close()
 
 
 @pytest.mark.parametrize("when_full", ["drop_oldest", "drop_newest"])
@@ -70,44 +51,41 @@ def test_max_mb_holds_and_when_full_decides_what_is_dropped_all_counted(
     max_mb = round(size_mb * 1.02, 4)  # ... and the buffer is 2 % short of its bound
     max_bytes = max_mb * MIB
     proxy.refuse = True  # MariaDB unreachable: nothing can be sent, so nothing pruned as sent
-    config = write_config(
-        tmp_path,
-        mariadb_toml(logger_db, port=proxy.port),
-        meter("pac1", simulator.port, interval_s=0.05),
+    logger = logger_factory(
+        logger_db.fault_toml(port=proxy.port),
+        meter_toml(simulator.port, interval_s=0.05),
         buffer={"max_mb": max_mb, "when_full": when_full},
     )
-    logger = logger_factory(config)
     polls_before = len(simulator.sim.served)
-    logger.start()
-    full = wait_for(
-        lambda: (s := logger.status())["dropped_total"] >= 10 and s, timeout=60, what="dropped readings"
-    )
-    sizes = []
-    for _ in range(4):
-        time.sleep(0.3)
-        status = logger.status()
-        sizes.append(status["size_bytes"])
-        assert logger.alive()
-    assert max(sizes) <= max_bytes + 64 * 1024, (sizes, max_bytes)  # + at most a few WAL pages
-    assert status["dropped_total"] >= full["dropped_total"]
-    first_left = min(r for (r,) in _seqs(buffer_path))
-    newest = max_seq(buffer_path)
-    if when_full == "drop_oldest":
-        ((count, first, last),) = query(buffer_path, "SELECT COUNT(*), MIN(seq), MAX(seq) FROM readings")
-        assert first > 1 and count == last - first + 1  # the oldest went, and only they
-        assert newest - PREFILL >= polls_so_far(simulator, polls_before) - 1  # every new reading is in
-    else:
-        assert first_left == 1  # the backlog stays whole ...
-        assert newest > PREFILL and status["unsent"] == newest  # ... with what fitted after it ...
-        assert status["dropped_total"] > full["dropped_total"]  # ... and each refused one counted
-        time.sleep(1)
-        assert max_seq(buffer_path) == newest  # ... while no new reading gets in
-    # MariaDB comes back: the backlog drains, and the buffer takes new readings again
-    proxy.refuse = False
-    wait_for(lambda: logger.status()["unsent"] <= 3, timeout=60, what="the backlog drained")
-    seq_after_drain = max_seq(buffer_path)
-    wait_for(lambda: max_seq(buffer_path) >= seq_after_drain + 5, timeout=30, what="new readings stored")
-    assert logger.term() == 0
+    with logger.running():
+        full = wait_for(
+            lambda: (s := logger.status())["dropped_total"] >= 10 and s, timeout=60, what="dropped readings"
+        )
+        sizes = []
+        for _ in range(4):
+            time.sleep(0.3)
+            status = logger.status()
+            sizes.append(status["size_bytes"])
+            assert logger.alive()
+        assert max(sizes) <= max_bytes + 64 * 1024, (sizes, max_bytes)  # + at most a few WAL pages
+        assert status["dropped_total"] >= full["dropped_total"]
+        first_left = min(r for (r,) in _seqs(buffer_path))
+        newest = max_seq(buffer_path)
+        if when_full == "drop_oldest":
+            ((count, first, last),) = query(buffer_path, "SELECT COUNT(*), MIN(seq), MAX(seq) FROM readings")
+            assert first > 1 and count == last - first + 1  # the oldest went, and only they
+            assert newest - PREFILL >= polls_so_far(simulator, polls_before) - 1  # every new reading is in
+        else:
+            assert first_left == 1  # the backlog stays whole ...
+            assert newest > PREFILL and status["unsent"] == newest  # ... with what fitted after it ...
+            assert status["dropped_total"] > full["dropped_total"]  # ... and each refused one counted
+            time.sleep(1)
+            assert max_seq(buffer_path) == newest  # ... while no new reading gets in
+        # MariaDB comes back: the backlog drains, and the buffer takes new readings again
+        proxy.refuse = False
+        wait_for(lambda: logger.status()["unsent"] <= 3, timeout=60, what="the backlog drained")
+        seq_after_drain = max_seq(buffer_path)
+        wait_for(lambda: max_seq(buffer_path) >= seq_after_drain + 5, timeout=30, what="new readings stored")
     logger.drain()
 
     status = logger.status()
@@ -168,47 +146,44 @@ def free_bytes(disk: Path) -> int:
 
 
 def test_disk_full_enospc_prunes_sent_rows_then_drops_oldest_keeps_running_and_recovers(
-    tmp_path: Path, small_disk: Path, logger_db, proxy, simulator, sim2, logger_factory
+    small_disk: Path, logger_db, proxy, simulator, sim2, logger_factory
 ) -> None:
     buffer_path = small_disk / "buffer.sqlite3"
-    config = write_config(
-        tmp_path,
-        mariadb_toml(logger_db, port=proxy.port),
-        meter("pac1", simulator.port, interval_s=0.05),
-        meter("pac2", sim2.port, interval_s=0.05),
-        buffer={"path": str(buffer_path), "max_mb": 2},  # its disk reserve: 384 KiB
+    logger = logger_factory(
+        logger_db.fault_toml(port=proxy.port),
+        meter_toml(simulator.port, interval_s=0.05),
+        meter_toml(sim2.port, name="pac2", interval_s=0.05),
+        buffer={"path": buffer_path, "max_mb": 2},  # its disk reserve: 384 KiB
     )
-    logger = logger_factory(config, buffer=buffer_path)
     polls_before = len(simulator.sim.served) + len(sim2.sim.served)
-    logger.start()
-    wait_rows(logger_db, 20)
+    with logger.running():
+        wait_rows(logger_db, 20)
 
-    # 1. The disk fills up while MariaDB is reachable: sent rows make room, nothing lost.
-    filler = fill_disk(small_disk, leave=96 * 1024)
-    wait_for(lambda: logger.lines("buffer full"), timeout=30, what="the disk-full condition")
-    time.sleep(1.5)
-    assert logger.alive()
-    assert logger.status()["dropped_total"] == 0
-    seq = max_seq(buffer_path)
-    wait_for(lambda: max_seq(buffer_path) > seq + 20, timeout=20, what="readings while the disk is full")
+        # 1. The disk fills up while MariaDB is reachable: sent rows make room, nothing lost.
+        filler = fill_disk(small_disk, leave=96 * 1024)
+        wait_for(lambda: logger.lines("buffer full"), timeout=30, what="the disk-full condition")
+        time.sleep(1.5)
+        assert logger.alive()
+        assert logger.status()["dropped_total"] == 0
+        seq = max_seq(buffer_path)
+        wait_for(lambda: max_seq(buffer_path) > seq + 20, timeout=20, what="readings while the disk is full")
 
-    # 2. ... and MariaDB goes away: unsent rows only, the oldest are dropped, counted.
-    proxy.cut()
-    dropped = wait_for(
-        lambda: logger.status()["dropped_total"], timeout=60, what="oldest unsent rows dropped"
-    )
-    seq = max_seq(buffer_path)
-    wait_for(lambda: max_seq(buffer_path) > seq + 20, timeout=20, what="readings still stored")
-    assert logger.alive() and not logger.lines("buffer: the disk has room again")  # still capped
+        # 2. ... and MariaDB goes away: unsent rows only, the oldest are dropped, counted.
+        proxy.cut()
+        dropped = wait_for(
+            lambda: logger.status()["dropped_total"], timeout=60, what="oldest unsent rows dropped"
+        )
+        seq = max_seq(buffer_path)
+        wait_for(lambda: max_seq(buffer_path) > seq + 20, timeout=20, what="readings still stored")
+        assert logger.alive() and not logger.lines("buffer: the disk has room again")  # still capped
 
-    # 3. Space comes back, MariaDB too: everything left drains, nothing more is dropped.
-    filler.unlink()
-    proxy.refuse = False
-    wait_for(lambda: logger.status()["unsent"] <= 5, timeout=60, what="the backlog drained")
-    settled = logger.status()["dropped_total"]
-    time.sleep(2)
-    assert logger.status()["dropped_total"] == settled >= dropped
-    assert logger.term() == 0
+        # 3. Space comes back, MariaDB too: everything left drains, nothing more is dropped.
+        filler.unlink()
+        proxy.refuse = False
+        wait_for(lambda: logger.status()["unsent"] <= 5, timeout=60, what="the backlog drained")
+        settled = logger.status()["dropped_total"]
+        time.sleep(2)
+        assert logger.status()["dropped_total"] == settled >= dropped
     logger.drain()
 
     polls = len(simulator.sim.served) + len(sim2.sim.served) - polls_before

@@ -21,26 +21,23 @@ of catch-up polls after the jump forward, no silence after the jump back.
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from conftest import edgelog, wait_for
-
-from edgelog.poller import SLOW_COMMIT
-
-from .kit import (
+from helpers import (
     assert_exactly_once,
     buffer_rows,
     faketime_library,
-    mariadb_toml,
     max_seq,
-    meter,
-    write_config,
+    meter_toml,
+    polled,
+    wait_for,
 )
+
+from edgelog.poller import SLOW_COMMIT
 
 LIB = faketime_library()
 pytestmark = pytest.mark.skipif(
@@ -87,7 +84,7 @@ def set_offset(path: Path, offset: str) -> None:
 def assert_steady(polls: list[float], start: float, end: float) -> None:
     """The grid goes on across a jump: no silence (a schedule on the old time would wait
     3 h) and no burst (one catching up would poll 54 000 times at once). Scheduling
-    noise on a loaded CI machine aside (see kit.NOISE_RUN_S)."""
+    noise on a loaded CI machine aside (see helpers.NOISE_RUN_S)."""
     assert len(polls) >= 0.3 * (end - start) / INTERVAL, len(polls)
     gaps = [b - a for a, b in itertools.pairwise([start, *polls, end])]
     assert max(gaps) < 2.5, f"silence of {max(gaps):.2f} s"
@@ -95,32 +92,25 @@ def assert_steady(polls: list[float], start: float, end: float) -> None:
         assert sum(t <= u < t + 1.0 for u in polls) <= 1 / INTERVAL + 1
 
 
-def polled(rows: list[dict]) -> list[dict]:
-    """The rows of polls: not the gap rows of slots skipped because a poll overran."""
-    return [r for r in rows if r["error"] != "skipped: poll overran"]
-
-
 def test_clock_jumps_back_3h_and_forward_lose_nothing_flag_bad_readings_and_keep_cadence(
     tmp_path: Path, logger_db, simulator, logger_factory
 ) -> None:
     offset = tmp_path / "faketime"
     set_offset(offset, "+0")
-    config = write_config(
-        tmp_path,
-        mariadb_toml(logger_db, socket_path=True),
-        meter("pac1", simulator.port, interval_s=INTERVAL),
-        clock={"require_sync": False},
-    )
     logger = logger_factory(
-        config,
-        LD_PRELOAD=str(LIB),
-        FAKETIME_TIMESTAMP_FILE=str(offset),
-        # Re-read the offset file every second, not at every clock call (FAKETIME_NO_CACHE):
-        # with that, every hand-over between two threads costs libfaketime 5-35 ms, which
-        # `edgelog run` (a poll thread handing readings to the buffer writer) would pay
-        # at every poll. The test waits 3 s after each change of the offset.
-        FAKETIME_CACHE_DURATION="1",
-        FAKETIME_DONT_FAKE_MONOTONIC="1",  # only the wall clock jumps, as with a real step
+        logger_db.fault_toml(socket_path=True),
+        meter_toml(simulator.port, interval_s=INTERVAL),
+        clock={"require_sync": False},
+        env={
+            "LD_PRELOAD": str(LIB),
+            "FAKETIME_TIMESTAMP_FILE": str(offset),
+            # Re-read the offset file every second, not at every clock call (FAKETIME_NO_CACHE):
+            # with that, every hand-over between two threads costs libfaketime 5-35 ms, which
+            # `edgelog run` (a poll thread handing readings to the buffer writer) would pay
+            # at every poll. The test waits 3 s after each change of the offset.
+            "FAKETIME_CACHE_DURATION": "1",
+            "FAKETIME_DONT_FAKE_MONOTONIC": "1",  # only the wall clock jumps, as with a real step
+        },
     )
     simulator.sim.keep_served = 10**9
     polls = PollClock(simulator.sim)
@@ -137,16 +127,15 @@ def test_clock_jumps_back_3h_and_forward_lose_nothing_flag_bad_readings_and_keep
         served_at_kill = len(simulator.sim.served)
         seq_at_kill = max_seq(logger.buffer)
         polled_at_kill = len(polled(buffer_rows(logger.buffer)))
-        logger.start()  # ... and a boot with the clock still 3 h back
-        wait_for(
-            lambda: max_seq(logger.buffer) >= seq_at_kill + 10, timeout=30, what="readings after restart"
-        )
+        with logger.running():  # ... and a boot with the clock still 3 h back
+            wait_for(
+                lambda: max_seq(logger.buffer) >= seq_at_kill + 10, timeout=30, what="readings after restart"
+            )
 
-        forward_at = time.monotonic()
-        set_offset(offset, "+0")  # C -> D: time sync is back, 3 h forward
-        time.sleep(3)
-        end_at = time.monotonic()
-        assert logger.term() == 0
+            forward_at = time.monotonic()
+            set_offset(offset, "+0")  # C -> D: time sync is back, 3 h forward
+            time.sleep(3)
+            end_at = time.monotonic()
     finally:
         polls.close()
     logger.drain()
@@ -175,7 +164,7 @@ def test_clock_jumps_back_3h_and_forward_lose_nothing_flag_bad_readings_and_keep
     # logged once per episode (and each process start with a bad clock is one)
     assert len(logger.lines("clock not trusted")) == 2
     # sync-status counts the two steps `run` saw: 3 h back (before the kill), 3 h forward
-    data = json.loads(edgelog("sync-status", "--json", config=config).stdout)
+    data = logger.status()  # `edgelog sync-status --json`
     assert data["clock_steps"] == 2 and abs(data["last_clock_step_s"] - BACK_S) < 5, data
     assert len(logger.lines("clock trusted again")) == 1
     assert any("clock stepped by -10800" in line for line in logger.lines("clock stepped"))

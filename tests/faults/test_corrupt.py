@@ -19,47 +19,20 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import edgelog, wait_for
-
-from .kit import (
-    mariadb_toml,
+from helpers import (
+    FAST_SYNC,
+    corrupt_middle_pages,
+    edgelog,
     max_seq,
     meta,
-    meter,
+    meter_toml,
+    prefill,
     query,
     remote_rows,
+    wait_for,
     wait_rows,
     write_config,
 )
-from .test_buffer_full import prefill
-
-
-def page_size(path: Path) -> int:
-    """The page size in the SQLite file header (big-endian at offset 16; 1 means 65536)."""
-    with path.open("rb") as f:
-        f.seek(16)
-        size = int.from_bytes(f.read(2), "big")
-    return 65536 if size == 1 else size
-
-
-#: The first byte of a table b-tree leaf page (the pages that hold the rows).
-LEAF = 13
-
-
-def corrupt_middle_pages(path: Path) -> None:
-    """Zeros over the cells of the middle third of the leaf pages (headers intact), as in
-    tests/test_buffer.py: quick_check reports the lost rows. Leaves only: a zeroed
-    interior page loses its whole subtree, and `.dump` then ends in ROLLBACK."""
-    page_bytes = page_size(path)
-    pages = path.stat().st_size // page_bytes
-    assert pages >= 12
-    with path.open("r+b") as f:
-        for page in range(pages // 3, 2 * pages // 3):
-            f.seek(page * page_bytes)
-            if f.read(1) != bytes([LEAF]):
-                continue
-            f.seek(page * page_bytes + 100)
-            f.write(b"\0" * (page_bytes * 3 // 4))
 
 
 def test_a_corrupt_buffer_is_moved_aside_logging_goes_on_and_identities_stay_unique(
@@ -67,10 +40,7 @@ def test_a_corrupt_buffer_is_moved_aside_logging_goes_on_and_identities_stay_uni
 ) -> None:
     buffer = tmp_path / "buffer.sqlite3"
     prefill(buffer, 1500)  # enough pages to lose some in the middle
-    config = write_config(
-        tmp_path, mariadb_toml(logger_db, port=proxy.port), meter("pac1", simulator.port, interval_s=0.2)
-    )
-    logger = logger_factory(config)
+    logger = logger_factory(logger_db.fault_toml(port=proxy.port), meter_toml(simulator.port, interval_s=0.2))
     logger.start()
     wait_rows(logger_db, 1510)
     old_id = meta(buffer, "buffer_id")
@@ -86,16 +56,15 @@ def test_a_corrupt_buffer_is_moved_aside_logging_goes_on_and_identities_stay_uni
     corrupt_middle_pages(buffer)
 
     proxy.refuse = False
-    logger.start()
-    wait_for(lambda: meta(buffer, "buffer_id") not in (None, old_id), timeout=30, what="a new buffer")
-    new_id = meta(buffer, "buffer_id")
-    wait_for(
-        lambda: sum(r["buffer_id"] == new_id for r in remote_rows(logger_db, columns="buffer_id")) >= 10,
-        timeout=30,
-        what="readings of the new buffer in MariaDB",
-    )
-    status = logger.status()
-    assert logger.term() == 0
+    with logger.running():
+        wait_for(lambda: meta(buffer, "buffer_id") not in (None, old_id), timeout=30, what="a new buffer")
+        new_id = meta(buffer, "buffer_id")
+        wait_for(
+            lambda: sum(r["buffer_id"] == new_id for r in remote_rows(logger_db, columns="buffer_id")) >= 10,
+            timeout=30,
+            what="readings of the new buffer in MariaDB",
+        )
+        status = logger.status()
     logger.drain()
 
     # moved aside, with its WAL and shared memory, under a timestamped name; nothing deleted
@@ -127,9 +96,10 @@ def test_a_corrupt_buffer_is_moved_aside_logging_goes_on_and_identities_stay_uni
     assert set(old_unsent) <= recovered  # the newest pages were intact
     salvage_config = write_config(
         tmp_path,
-        mariadb_toml(logger_db, port=proxy.port),
-        meter("pac1", simulator.port),
-        buffer={"path": str(salvaged)},
+        logger_db.fault_toml(port=proxy.port),
+        meter_toml(simulator.port, interval_s=0.2),
+        buffer={"path": salvaged},
+        sync=FAST_SYNC,
         name="salvage.toml",
     )
     result = edgelog("sync", "--drain", config=salvage_config, timeout=120)

@@ -16,39 +16,25 @@ import time
 from pathlib import Path
 
 import pymysql
-from conftest import wait_for
+from helpers import (
+    COLUMNS,
+    SITE,
+    assert_exactly_once,
+    assert_failures_logged_sparingly,
+    assert_oldest_first,
+    assert_polls_on_grid,
+    meter_toml,
+    query,
+    sampled_invariant,
+    wait_for,
+    wait_rows,
+)
 
 from edgelog.buffer import Buffer
 from edgelog.config import MariaDBConfig
 from edgelog.sync import MariaDBSink, SyncWorker, create_table_sql
 
-from .conftest import make_logger_db
-from .kit import (
-    COLUMNS,
-    SITE,
-    assert_cadence,
-    assert_exactly_once,
-    assert_failures_logged_sparingly,
-    buffer_rows,
-    mariadb_toml,
-    meter,
-    query,
-    remote_rows,
-    sampled_invariant,
-    wait_rows,
-    write_config,
-)
-
 INTERVAL = 0.2
-
-
-def polls_between(buffer: Path, start: float, end: float) -> list[float]:
-    return [r["measured_at"] for r in buffer_rows(buffer, "measured_at BETWEEN ? AND ?", start, end)]
-
-
-def assert_on_grid(buffer: Path, start: float, end: float) -> None:
-    """The poll loop kept its 5 Hz grid while the sync side was failing."""
-    assert_cadence(polls_between(buffer, start, end), INTERVAL, start, end)
 
 
 class UnsentSampler:
@@ -78,42 +64,31 @@ class UnsentSampler:
         return self.series
 
 
-def assert_oldest_first(db) -> None:
-    """MariaDB's auto-increment id follows seq: the backlog went in oldest first."""
-    rows = remote_rows(db, columns="id, seq")
-    by_id = [r["seq"] for r in sorted(rows, key=lambda r: r["id"])]
-    assert by_id == sorted(by_id)
-
-
 def test_mariadb_stopped_polling_goes_on_and_the_backlog_drains_oldest_first(
     tmp_path: Path, own_mariadb, simulator, logger_factory
 ) -> None:
-    db = make_logger_db(own_mariadb, tmp_path)
-    config = write_config(
-        tmp_path, mariadb_toml(db, batch_size=5), meter("pac1", simulator.port, interval_s=INTERVAL)
-    )
-    logger = logger_factory(config)
-    logger.start()
-    wait_rows(db, 10)
+    db = own_mariadb.logger_db(tmp_path)
+    logger = logger_factory(db.fault_toml(batch_size=5), meter_toml(simulator.port, interval_s=INTERVAL))
+    with logger.running():
+        wait_rows(db, 10)
 
-    down_at = time.time()
-    own_mariadb.stop()
-    during = []
-    while time.time() - down_at < 6:
-        during.append(logger.status())
-        time.sleep(0.4)
-    up_at = time.time()
-    sampler = UnsentSampler(logger.buffer)
-    own_mariadb.start()
-    db.root = own_mariadb.root()
-    after = [logger.status()]
-    while after[-1]["unsent"] > 0:
-        assert time.time() - up_at < 60, "the backlog did not drain"
-        time.sleep(0.3)
-        after.append(logger.status())
-    draining = sampler.close()
-    sampled_invariant(logger.buffer, db)
-    assert logger.term() == 0
+        down_at = time.time()
+        own_mariadb.stop()
+        during = []
+        while time.time() - down_at < 6:
+            during.append(logger.status())
+            time.sleep(0.4)
+        up_at = time.time()
+        sampler = UnsentSampler(logger.buffer)
+        own_mariadb.start()
+        db.root = own_mariadb.root()
+        after = [logger.status()]
+        while after[-1]["unsent"] > 0:
+            assert time.time() - up_at < 60, "the backlog did not drain"
+            time.sleep(0.3)
+            after.append(logger.status())
+        draining = sampler.close()
+        sampled_invariant(logger.buffer, db)
     logger.drain()
 
     backlog = [s["unsent"] for s in during]
@@ -127,7 +102,7 @@ def test_mariadb_stopped_polling_goes_on_and_the_backlog_drains_oldest_first(
     assert len([n for n in steps if 0 < n < steps[0]]) >= 3, draining
     assert after[-1]["unsent"] == 0
     assert after[-1]["last_error"] is None and after[-1]["mariadb_reachable"] is True
-    assert_on_grid(logger.buffer, down_at + 0.5, up_at)
+    assert_polls_on_grid(logger.buffer, INTERVAL, down_at + 0.5, up_at)
     local = assert_exactly_once(logger.buffer, db)
     assert len(local) >= 40
     assert_oldest_first(db)
@@ -151,40 +126,34 @@ def _kill_sessions(db) -> int:
     return len(ids)
 
 
-def test_login_refused_then_fixed_loses_and_duplicates_nothing(
-    tmp_path: Path, logger_db, simulator, logger_factory
-) -> None:
-    config = write_config(
-        tmp_path,
-        mariadb_toml(logger_db, socket_path=True),
-        meter("pac1", simulator.port, interval_s=INTERVAL),
+def test_login_refused_then_fixed_loses_and_duplicates_nothing(logger_db, simulator, logger_factory) -> None:
+    logger = logger_factory(
+        logger_db.fault_toml(socket_path=True), meter_toml(simulator.port, interval_s=INTERVAL)
     )
-    logger = logger_factory(config)
-    logger.start()
-    wait_rows(logger_db, 10)
-    real = logger_db.password_file.read_text().strip()
-    wrong = "changed-by-the-dba-" + real[:4]
+    with logger.running():
+        wait_rows(logger_db, 10)
+        real = logger_db.password_file.read_text().strip()
+        wrong = "changed-by-the-dba-" + real[:4]
 
-    _set_password(logger_db, wrong)
-    refused_at = time.time()
-    assert _kill_sessions(logger_db) >= 1  # the worker must log in again
-    refused = wait_for(
-        lambda: (s := logger.status())["last_error"] and "Access denied" in s["last_error"] and s,
-        timeout=20,
-        what="the refused login in sync-status",
-    )
-    time.sleep(2)
-    later = logger.status()
-    assert later["unsent"] > refused["unsent"] and "Access denied" in later["last_error"]
-    assert later["mariadb_reachable"] is False
-    fixed_at = time.time()
-    _set_password(logger_db, real)
-    wait_for(lambda: logger.status()["unsent"] == 0, timeout=30, what="the backlog drained")
-    assert logger.term() == 0
+        _set_password(logger_db, wrong)
+        refused_at = time.time()
+        assert _kill_sessions(logger_db) >= 1  # the worker must log in again
+        refused = wait_for(
+            lambda: (s := logger.status())["last_error"] and "Access denied" in s["last_error"] and s,
+            timeout=20,
+            what="the refused login in sync-status",
+        )
+        time.sleep(2)
+        later = logger.status()
+        assert later["unsent"] > refused["unsent"] and "Access denied" in later["last_error"]
+        assert later["mariadb_reachable"] is False
+        fixed_at = time.time()
+        _set_password(logger_db, real)
+        wait_for(lambda: logger.status()["unsent"] == 0, timeout=30, what="the backlog drained")
     logger.drain()
 
     assert_exactly_once(logger.buffer, logger_db)
-    assert_on_grid(logger.buffer, refused_at, fixed_at)
+    assert_polls_on_grid(logger.buffer, INTERVAL, refused_at, fixed_at)
     assert_oldest_first(logger_db)
     text = logger.text()
     assert real not in text and wrong not in text
@@ -193,41 +162,38 @@ def test_login_refused_then_fixed_loses_and_duplicates_nothing(
 
 
 def test_table_locked_beyond_the_read_timeout_is_retried_without_loss(
-    tmp_path: Path, logger_db, simulator, logger_factory
+    logger_db, simulator, logger_factory
 ) -> None:
-    config = write_config(
-        tmp_path,
-        mariadb_toml(logger_db, socket_path=True, read_timeout_s=1.5),
-        meter("pac1", simulator.port, interval_s=INTERVAL),
+    logger = logger_factory(
+        logger_db.fault_toml(socket_path=True, read_timeout_s=1.5),
+        meter_toml(simulator.port, interval_s=INTERVAL),
     )
-    logger = logger_factory(config)
-    logger.start()
-    wait_rows(logger_db, 10)
-    locker = pymysql.connect(unix_socket=logger_db.socket, user="root", autocommit=True)
-    try:
-        with locker.cursor() as cur:
-            cur.execute(f"LOCK TABLES `{logger_db.database}`.`medicoes` WRITE")
-        locked_at = time.time()
-        first = wait_for(
-            lambda: (s := logger.status())["last_error"] and "timed out" in s["last_error"] and s,
-            timeout=20,
-            what="a timed-out write in sync-status",
-        )
-        time.sleep(3.5)  # several read timeouts and retries
-        second = logger.status()
-        assert second["unsent"] > first["unsent"]
-        unlocked_at = time.time()
-    finally:
-        with locker.cursor() as cur:
-            cur.execute("UNLOCK TABLES")
-        locker.close()
-    wait_for(lambda: logger.status()["unsent"] == 0, timeout=30, what="the backlog drained")
-    sampled_invariant(logger.buffer, logger_db)
-    assert logger.term() == 0
+    with logger.running():
+        wait_rows(logger_db, 10)
+        locker = pymysql.connect(unix_socket=logger_db.socket, user="root", autocommit=True)
+        try:
+            with locker.cursor() as cur:
+                cur.execute(f"LOCK TABLES `{logger_db.database}`.`medicoes` WRITE")
+            locked_at = time.time()
+            first = wait_for(
+                lambda: (s := logger.status())["last_error"] and "timed out" in s["last_error"] and s,
+                timeout=20,
+                what="a timed-out write in sync-status",
+            )
+            time.sleep(3.5)  # several read timeouts and retries
+            second = logger.status()
+            assert second["unsent"] > first["unsent"]
+            unlocked_at = time.time()
+        finally:
+            with locker.cursor() as cur:
+                cur.execute("UNLOCK TABLES")
+            locker.close()
+        wait_for(lambda: logger.status()["unsent"] == 0, timeout=30, what="the backlog drained")
+        sampled_invariant(logger.buffer, logger_db)
     logger.drain()
 
     assert_exactly_once(logger.buffer, logger_db)
-    assert_on_grid(logger.buffer, locked_at, unlocked_at)
+    assert_polls_on_grid(logger.buffer, INTERVAL, locked_at, unlocked_at)
     assert_oldest_first(logger_db)
 
 

@@ -28,22 +28,20 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import wait_for
-from pymodbus.constants import ExcCodes
-
-from edgelog.simulate import Pac3100Simulator, SimulatorThread
-
-from .kit import (
+from helpers import (
     COLUMNS,
     assert_cadence,
     assert_exactly_once,
     assert_served,
     buffer_rows,
-    mariadb_toml,
     max_seq,
-    meter,
-    write_config,
+    meter_toml,
+    toml_table,
+    wait_for,
 )
+from pymodbus.constants import ExcCodes
+
+from edgelog.simulate import Pac3100Simulator, SimulatorThread
 
 INTERVAL = 0.4
 TIMEOUT = 0.25
@@ -57,6 +55,12 @@ def rows_since(buffer: Path, seq: int) -> list[dict]:
 
 def last_seq(buffer: Path) -> int:
     return max_seq(buffer) if buffer.exists() else 0
+
+
+def started(buffer: Path, what: str) -> int:
+    """Once the logger has stored 3 readings: the seq the phases of the test start after."""
+    wait_for(lambda: last_seq(buffer) >= 3, timeout=30, what=what)
+    return last_seq(buffer)
 
 
 def phase(buffer: Path, seconds: float) -> list[dict]:
@@ -87,39 +91,34 @@ def assert_every_slot_has_one_row(rows: list[dict]) -> None:
     assert_cadence(times, INTERVAL, times[0], times[-1])
 
 
-def test_tcp_meter_timeouts_exceptions_unplugged_and_slow(tmp_path: Path, logger_db, logger_factory) -> None:
+def test_tcp_meter_timeouts_exceptions_unplugged_and_slow(logger_db, logger_factory) -> None:
     sim = Pac3100Simulator()
     server = SimulatorThread(sim).start()
     port = server.port
-    config = write_config(
-        tmp_path,
-        mariadb_toml(logger_db, socket_path=True),
-        meter("pac1", port, interval_s=INTERVAL, timeout_s=TIMEOUT),
+    logger = logger_factory(
+        logger_db.fault_toml(socket_path=True), meter_toml(port, interval_s=INTERVAL, timeout_s=TIMEOUT)
     )
-    logger = logger_factory(config)
     buffer = logger.buffer
     try:
-        logger.start()
-        wait_for(lambda: last_seq(buffer) >= 3, timeout=30, what="readings")
-        first = last_seq(buffer)
+        with logger.running():
+            first = started(buffer, "readings")
 
-        ok1 = phase(buffer, 1.5)
-        sim.delay_s = 1.0  # answers after the timeout: each poll times out
-        timeouts = phase(buffer, 2.5)
-        sim.delay_s = 0.0
-        ok2 = phase(buffer, 1.5)
-        sim.exception_code = ExcCodes.DEVICE_BUSY  # exception response 6
-        exceptions = phase(buffer, 2.5)
-        sim.exception_code = None
-        ok3 = phase(buffer, 1.5)
-        server.stop()  # unplugged: nothing listens on the port any more
-        unplugged = phase(buffer, 2.5)
-        server = SimulatorThread(sim, port=port).start()  # plugged back, same port
-        ok4 = phase(buffer, 1.5)
-        sim.delay_s = 0.12  # slow, but within timeout_s
-        slow = phase(buffer, 2.5)
-        sim.delay_s = 0.0
-        assert logger.term() == 0
+            ok1 = phase(buffer, 1.5)
+            sim.delay_s = 1.0  # answers after the timeout: each poll times out
+            timeouts = phase(buffer, 2.5)
+            sim.delay_s = 0.0
+            ok2 = phase(buffer, 1.5)
+            sim.exception_code = ExcCodes.DEVICE_BUSY  # exception response 6
+            exceptions = phase(buffer, 2.5)
+            sim.exception_code = None
+            ok3 = phase(buffer, 1.5)
+            server.stop()  # unplugged: nothing listens on the port any more
+            unplugged = phase(buffer, 2.5)
+            server = SimulatorThread(sim, port=port).start()  # plugged back, same port
+            ok4 = phase(buffer, 1.5)
+            sim.delay_s = 0.12  # slow, but within timeout_s
+            slow = phase(buffer, 2.5)
+            sim.delay_s = 0.0
     finally:
         server.stop()
     logger.drain()
@@ -211,30 +210,28 @@ def corrupting_line() -> Iterator[CorruptingLine]:
 
 
 def test_rtu_crc_errors_and_line_noise_are_gaps_never_readings(
-    tmp_path: Path, logger_db, logger_factory, corrupting_line: CorruptingLine
+    logger_db, logger_factory, corrupting_line: CorruptingLine
 ) -> None:
     sim = Pac3100Simulator()
     server = SimulatorThread(sim, rtu_device=corrupting_line.b_path).start()
-    rtu = meter("pac1", 0, interval_s=INTERVAL, timeout_s=TIMEOUT)
-    rtu = rtu.replace('transport = "tcp"', 'transport = "rtu"').replace('host = "127.0.0.1"\nport = 0\n', "")
-    rtu += f'device = "{corrupting_line.a_path}"\n'
-    config = write_config(tmp_path, mariadb_toml(logger_db, socket_path=True), rtu)
-    logger = logger_factory(config)
+    rtu = {"name": "pac1", "transport": "rtu", "interval_s": INTERVAL, "timeout_s": TIMEOUT}
+    logger = logger_factory(
+        logger_db.fault_toml(socket_path=True),
+        toml_table("[[meters]]", {**rtu, "device": corrupting_line.a_path}),
+    )
     buffer = logger.buffer
     try:
-        logger.start()
-        wait_for(lambda: last_seq(buffer) >= 3, timeout=30, what="readings over RTU")
-        first = last_seq(buffer)
-        ok1 = phase(buffer, 1.5)
-        corrupting_line.flip = True
-        crc = phase(buffer, 2.5)
-        corrupting_line.flip = False
-        ok2 = phase(buffer, 2)
-        corrupting_line.noise = True
-        noisy = phase(buffer, 2.5)
-        corrupting_line.noise = False
-        ok3 = phase(buffer, 2)
-        assert logger.term() == 0
+        with logger.running():
+            first = started(buffer, "readings over RTU")
+            ok1 = phase(buffer, 1.5)
+            corrupting_line.flip = True
+            crc = phase(buffer, 2.5)
+            corrupting_line.flip = False
+            ok2 = phase(buffer, 2)
+            corrupting_line.noise = True
+            noisy = phase(buffer, 2.5)
+            corrupting_line.noise = False
+            ok3 = phase(buffer, 2)
     finally:
         server.stop()
     logger.drain()

@@ -9,73 +9,67 @@ buffer's position never counts a row MariaDB does not have.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
-from conftest import wait_for
-
-from .kit import (
+from helpers import (
     InvariantWatch,
     assert_exactly_once,
     assert_failures_logged_sparingly,
-    mariadb_toml,
+    assert_oldest_first,
+    assert_polls_on_grid,
     meta,
-    meter,
+    meter_toml,
     remote_count,
     remote_max_seq,
     sent_upto,
+    wait_for,
     wait_rows,
-    write_config,
 )
-from .test_mariadb import INTERVAL, assert_oldest_first, assert_on_grid
 
+INTERVAL = 0.2
 TIMEOUTS = {"connect_timeout_s": 1.5, "read_timeout_s": 2, "write_timeout_s": 2}
 
 
 def test_slow_link_and_black_hole_partition_time_out_retry_and_lose_nothing(
-    tmp_path: Path, logger_db, proxy, simulator, logger_factory
+    logger_db, proxy, simulator, logger_factory
 ) -> None:
-    config = write_config(
-        tmp_path,
-        mariadb_toml(logger_db, port=proxy.port, **TIMEOUTS),
-        meter("pac1", simulator.port, interval_s=INTERVAL),
+    logger = logger_factory(
+        logger_db.fault_toml(port=proxy.port, **TIMEOUTS), meter_toml(simulator.port, interval_s=INTERVAL)
     )
-    logger = logger_factory(config)
-    logger.start()
-    wait_rows(logger_db, 10)
-    watch = InvariantWatch(logger.buffer, logger_db)
+    with logger.running():
+        wait_rows(logger_db, 10)
+        watch = InvariantWatch(logger.buffer, logger_db)
 
-    # A slow link (150 ms each way, per packet): slower, but it keeps up and fails nothing.
-    proxy.latency_s = 0.15
-    before = remote_count(logger_db)
-    time.sleep(3.5)
-    slow = logger.status()
-    assert remote_count(logger_db) >= before + 10
-    assert slow["last_error"] is None and slow["unsent"] < 15
-    proxy.latency_s = 0.0
+        # A slow link (150 ms each way, per packet): slower, but it keeps up and fails nothing.
+        proxy.latency_s = 0.15
+        before = remote_count(logger_db)
+        time.sleep(3.5)
+        slow = logger.status()
+        assert remote_count(logger_db) >= before + 10
+        assert slow["last_error"] is None and slow["unsent"] < 15
+        proxy.latency_s = 0.0
 
-    # A partition: the proxy accepts, then forwards nothing, with no reset.
-    proxy.blackhole = True
-    hole_at = time.time()
-    wait_for(
-        lambda: "timed out" in (logger.status()["last_error"] or ""),
-        timeout=30,
-        what="a timeout in sync-status",
-    )
-    time.sleep(max(0.0, hole_at + 6 - time.time()))
-    during = logger.status()
-    assert during["unsent"] >= 20 and during["mariadb_reachable"] is False
-    healed_at = time.time()
-    proxy.blackhole = False
-    wait_for(
-        lambda: logger.status()["unsent"] <= 2, timeout=30, what="the backlog drained after the partition"
-    )
-    recovered_s = time.time() - healed_at
-    watch.close()
-    assert logger.term() == 0
+        # A partition: the proxy accepts, then forwards nothing, with no reset.
+        proxy.blackhole = True
+        hole_at = time.time()
+        wait_for(
+            lambda: "timed out" in (logger.status()["last_error"] or ""),
+            timeout=30,
+            what="a timeout in sync-status",
+        )
+        time.sleep(max(0.0, hole_at + 6 - time.time()))
+        during = logger.status()
+        assert during["unsent"] >= 20 and during["mariadb_reachable"] is False
+        healed_at = time.time()
+        proxy.blackhole = False
+        wait_for(
+            lambda: logger.status()["unsent"] <= 2, timeout=30, what="the backlog drained after the partition"
+        )
+        recovered_s = time.time() - healed_at
+        watch.close()
     logger.drain()
 
     assert_exactly_once(logger.buffer, logger_db)
-    assert_on_grid(logger.buffer, hole_at, healed_at)
+    assert_polls_on_grid(logger.buffer, INTERVAL, hole_at, healed_at)
     assert_oldest_first(logger_db)
     # connections stuck in the hole were given up (timeouts), else nothing would have drained
     assert recovered_s < 15, recovered_s
@@ -84,41 +78,36 @@ def test_slow_link_and_black_hole_partition_time_out_retry_and_lose_nothing(
     assert_failures_logged_sparingly(logger.text())  # when it starts, not at every retry
 
 
-def test_a_half_sent_batch_is_never_counted_as_sent(
-    tmp_path: Path, logger_db, proxy, simulator, logger_factory
-) -> None:
-    config = write_config(
-        tmp_path,
-        mariadb_toml(logger_db, port=proxy.port, **TIMEOUTS),
-        meter("pac1", simulator.port, interval_s=INTERVAL),
+def test_a_half_sent_batch_is_never_counted_as_sent(logger_db, proxy, simulator, logger_factory) -> None:
+    logger = logger_factory(
+        logger_db.fault_toml(port=proxy.port, **TIMEOUTS),
+        meter_toml(simulator.port, interval_s=INTERVAL),
         sync={"interval_s": 1.0},  # batches of ~5 rows
     )
-    logger = logger_factory(config)
-    logger.start()
-    wait_rows(logger_db, 10)
-    watch = InvariantWatch(logger.buffer, logger_db)
-    buffer_id = meta(logger.buffer, "buffer_id") or ""
+    with logger.running():
+        wait_rows(logger_db, 10)
+        watch = InvariantWatch(logger.buffer, logger_db)
+        buffer_id = meta(logger.buffer, "buffer_id") or ""
 
-    # 1. The link dies in the middle of an INSERT: MariaDB gets half a packet.
-    position = sent_upto(logger.buffer)
-    proxy.cut_next_request = True
-    wait_for(lambda: proxy.cuts == 1, timeout=15, what="a batch cut in the middle")
-    time.sleep(1.0)  # the worker is waiting for an answer that never comes
-    assert sent_upto(logger.buffer) == position, "a half-sent batch was counted"
-    assert remote_max_seq(logger_db, buffer_id) == position
-    wait_for(lambda: sent_upto(logger.buffer) > position, timeout=20, what="the batch sent again")
+        # 1. The link dies in the middle of an INSERT: MariaDB gets half a packet.
+        position = sent_upto(logger.buffer)
+        proxy.cut_next_request = True
+        wait_for(lambda: proxy.cuts == 1, timeout=15, what="a batch cut in the middle")
+        time.sleep(1.0)  # the worker is waiting for an answer that never comes
+        assert sent_upto(logger.buffer) == position, "a half-sent batch was counted"
+        assert remote_max_seq(logger_db, buffer_id) == position
+        wait_for(lambda: sent_upto(logger.buffer) > position, timeout=20, what="the batch sent again")
 
-    # 2. The COMMIT gets through, its answer is lost: committed, not counted, then
-    #    counted once (from MariaDB's high-water mark or a harmless replay).
-    proxy.lose_commit_reply = True
-    wait_for(lambda: proxy.lost_replies == 1, timeout=15, what="a COMMIT whose answer is lost")
-    position = sent_upto(logger.buffer)
-    committed = remote_max_seq(logger_db, buffer_id)
-    assert committed > position, "the commit reached MariaDB but the position did not move"
-    wait_for(lambda: sent_upto(logger.buffer) >= committed, timeout=20, what="the position catching up")
-    wait_for(lambda: logger.status()["unsent"] <= 2, timeout=20, what="caught up")
-    watch.close()
-    assert logger.term() == 0
+        # 2. The COMMIT gets through, its answer is lost: committed, not counted, then
+        #    counted once (from MariaDB's high-water mark or a harmless replay).
+        proxy.lose_commit_reply = True
+        wait_for(lambda: proxy.lost_replies == 1, timeout=15, what="a COMMIT whose answer is lost")
+        position = sent_upto(logger.buffer)
+        committed = remote_max_seq(logger_db, buffer_id)
+        assert committed > position, "the commit reached MariaDB but the position did not move"
+        wait_for(lambda: sent_upto(logger.buffer) >= committed, timeout=20, what="the position catching up")
+        wait_for(lambda: logger.status()["unsent"] <= 2, timeout=20, what="caught up")
+        watch.close()
     logger.drain()
 
     assert_exactly_once(logger.buffer, logger_db)

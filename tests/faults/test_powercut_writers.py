@@ -19,33 +19,35 @@ import os
 import secrets
 import shutil
 import sqlite3
-import stat
 import subprocess
 import time
 from pathlib import Path
 
 import pymysql
 import pytest
-from conftest import ROOT, edgelog, wait_for
+from helpers import (
+    FAST_SYNC,
+    INSTALL,
+    INSTALL_DB,
+    ROOT,
+    corrupt_middle_pages,
+    edgelog,
+    file_mode,
+    max_seq,
+    meta,
+    meter_toml,
+    prefill,
+    wait_for,
+    write_config,
+)
 from powercut.fs import PowerCutFS, missing, mounted
 
-from .kit import mariadb_toml, max_seq, meta, meter, write_config
-from .test_buffer_full import prefill
-from .test_corrupt import corrupt_middle_pages
-
 pytestmark = pytest.mark.skipif(missing() is not None, reason=missing() or "")
-
-INSTALL = ROOT / "scripts" / "install"
-INSTALL_DB = ROOT / "schema" / "install-mariadb"
 
 
 def _states(dest: Path) -> list[Path]:
     """The recorded states, in order (each operation: its drop state, its meta state)."""
     return sorted(dest.iterdir())
-
-
-def _mode(path: Path) -> int:
-    return stat.S_IMODE(path.lstat().st_mode)
 
 
 def _read(path: Path) -> bytes | None:
@@ -70,7 +72,13 @@ def _clean_restart(fs: PowerCutFS) -> None:
 def test_export_out_after_a_cut_is_the_old_file_or_the_complete_new_one(tmp_path: Path, logger_db) -> None:
     buffer = tmp_path / "buffer.sqlite3"
     prefill(buffer, 400)
-    config = write_config(tmp_path, mariadb_toml(logger_db), meter("pac1", 1), buffer={"path": str(buffer)})
+    config = write_config(
+        tmp_path,
+        logger_db.fault_toml(),
+        meter_toml(1, interval_s=0.2),
+        buffer={"path": buffer},
+        sync=FAST_SYNC,
+    )
     start = dt.datetime.fromtimestamp(time.time() - 4000, dt.UTC).isoformat()
     middle = dt.datetime.fromtimestamp(time.time() - 3600 + 100, dt.UTC).isoformat()
 
@@ -104,7 +112,7 @@ def test_export_out_after_a_cut_is_the_old_file_or_the_complete_new_one(tmp_path
 
 def _password_ok(path: Path) -> bool:
     text = path.read_bytes()
-    return len(text) == 24 and text.isalnum() and _mode(path) == 0o600
+    return len(text) == 24 and text.isalnum() and file_mode(path) == 0o600
 
 
 def test_install_mariadb_password_files_survive_a_cut(tmp_path: Path, mysql_proc, mariadb_root) -> None:
@@ -174,14 +182,18 @@ def test_install_config_unit_and_password_mode_survive_a_cut(tmp_path: Path) -> 
     for state in states:
         config = state / "edgelog/edgelog.toml"
         _old_or_new(config, None, example, state)
-        assert not config.exists() or _mode(config) == 0o640, f"{state.name}: config mode {_mode(config):o}"
+        assert not config.exists() or file_mode(config) == 0o640, (
+            f"{state.name}: config mode {file_mode(config):o}"
+        )
         _old_or_new(state / "systemd/system/edgelog.service", None, unit, state)
         assert (state / "edgelog/mariadb.password").read_bytes() == b"x" * 24
     last = states[-2]
     assert last.name.endswith("-drop")
     assert _read(last / "edgelog/edgelog.toml") == example, "installed, then lost in a cut"
     assert _read(last / "systemd/system/edgelog.service") == unit, "installed, then lost in a cut"
-    assert _mode(last / "edgelog/mariadb.password") == 0o600, "the password file readable by all after a cut"
+    assert file_mode(last / "edgelog/mariadb.password") == 0o600, (
+        "the password file readable by all after a cut"
+    )
 
 
 # -- the move-aside of a corrupt buffer ---------------------------------------------
@@ -198,20 +210,17 @@ def test_the_move_aside_of_a_corrupt_buffer_survives_a_cut(
         buffer = fs.mount / "buffer.sqlite3"
         shutil.copyfile(scratch, buffer)
         _clean_restart(fs)
-        config = write_config(
-            tmp_path,
-            mariadb_toml(logger_db),
-            meter("pac1", simulator.port, interval_s=0.2),
-            buffer={"path": str(buffer)},
+        logger = logger_factory(
+            logger_db.fault_toml(),
+            meter_toml(simulator.port, interval_s=0.2),
+            buffer={"path": buffer},
             clock={"require_sync": False},
         )
-        logger = logger_factory(config, buffer=buffer)
         fs.record(tmp_path / "states", exclude="*-shm")  # the -shm holds no state
-        logger.start()
-        wait_for(lambda: logger.lines("moved aside"), timeout=30, what="the move aside")
-        wait_for(lambda: _rows(buffer) >= 3, timeout=30, what="readings in the new buffer")
-        fs.stop_record()
-        assert logger.term() == 0, logger.text()[-2000:]
+        with logger.running():
+            wait_for(lambda: logger.lines("moved aside"), timeout=30, what="the move aside")
+            wait_for(lambda: _rows(buffer) >= 3, timeout=30, what="readings in the new buffer")
+            fs.stop_record()
     states = _states(tmp_path / "states")
     assert len(states) > 20
     for state in states:  # the corrupt file is never lost: under its name, or moved aside
@@ -250,22 +259,20 @@ def _start_on(state: Path, tmp_path: Path, logger_db, simulator, logger_factory)
     sync-status reports it."""
     disk = tmp_path / "boot" / state.name
     shutil.copytree(state, disk, symlinks=True)
-    config = write_config(
-        disk.parent,
-        mariadb_toml(logger_db),
-        meter("pac1", simulator.port, interval_s=0.2),
-        buffer={"path": str(disk / "buffer.sqlite3")},
+    logger = logger_factory(
+        logger_db.fault_toml(),
+        meter_toml(simulator.port, interval_s=0.2),
+        buffer={"path": disk / "buffer.sqlite3"},
         clock={"require_sync": False},
         name=f"{state.name}.toml",
+        log=f"{state.name}.log",
     )
-    logger = logger_factory(config, buffer=disk / "buffer.sqlite3", log=f"{state.name}.log")
-    logger.start()
-    wait_for(lambda: logger.lines("logging pac1") or not logger.alive(), timeout=30, what="the start")
-    time.sleep(0.6)
-    assert logger.alive(), f"{state.name}: {logger.text()[-1500:]}"
-    assert logger.term() == 0, logger.text()[-2000:]
+    with logger.running():
+        wait_for(lambda: logger.lines("logging pac1") or not logger.alive(), timeout=30, what="the start")
+        time.sleep(0.6)
+        assert logger.alive(), f"{state.name}: {logger.text()[-1500:]}"
     assert _rows(disk / "buffer.sqlite3") >= 2, f"{state.name}: no readings after the boot"
     aside = _aside(disk)
     assert len(aside) == 1, f"{state.name}: {aside}"  # the move a cut undid is done again
-    status = json.loads(edgelog("sync-status", "--json", config=config).stdout)
+    status = json.loads(edgelog("sync-status", "--json", config=logger.config).stdout)
     return bool(status.get("corrupt_buffers"))

@@ -12,23 +12,19 @@ continues exactly there: every reading in MariaDB once, in seq order.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pymysql
 import pytest
-from conftest import wait_for
-
-from .kit import (
+from helpers import (
     assert_exactly_once,
-    mariadb_toml,
+    assert_oldest_first,
     max_seq,
     meta,
-    meter,
+    meter_toml,
     remote_max_seq,
-    remote_rows,
     sent_upto,
+    wait_for,
     wait_rows,
-    write_config,
 )
 
 READ_TIMEOUT = 3.0
@@ -44,15 +40,13 @@ def insert_waiting(db) -> bool:
 
 @pytest.mark.parametrize("outcome", ["commits", "rolls_back"])
 def test_sigterm_during_a_batch_commits_or_rolls_back_and_the_next_start_continues_there(
-    tmp_path: Path, outcome: str, logger_db, simulator, logger_factory
+    outcome: str, logger_db, simulator, logger_factory
 ) -> None:
-    config = write_config(
-        tmp_path,
-        mariadb_toml(logger_db, socket_path=True, read_timeout_s=READ_TIMEOUT),
-        meter("pac1", simulator.port, interval_s=0.2),
+    logger = logger_factory(
+        logger_db.fault_toml(socket_path=True, read_timeout_s=READ_TIMEOUT),
+        meter_toml(simulator.port, interval_s=0.2),
         sync={"interval_s": 1.0},
     )
-    logger = logger_factory(config)
     logger.start()
     wait_rows(logger_db, 10)
     buffer_id = meta(logger.buffer, "buffer_id") or ""
@@ -87,12 +81,10 @@ def test_sigterm_during_a_batch_commits_or_rolls_back_and_the_next_start_continu
 
     # the next start continues there
     seq = max_seq(logger.buffer)
-    logger.start()
-    wait_for(lambda: max_seq(logger.buffer) >= seq + 5, timeout=30, what="readings after the restart")
-    wait_for(lambda: logger.status()["unsent"] <= 2, timeout=30, what="the rest sent")
-    assert logger.term() == 0
+    with logger.running():
+        wait_for(lambda: max_seq(logger.buffer) >= seq + 5, timeout=30, what="readings after the restart")
+        wait_for(lambda: logger.status()["unsent"] <= 2, timeout=30, what="the rest sent")
     logger.drain()
     assert_exactly_once(logger.buffer, logger_db)
-    by_id = [r["seq"] for r in sorted(remote_rows(logger_db, columns="id, seq"), key=lambda r: r["id"])]
-    assert by_id == sorted(by_id)
+    assert_oldest_first(logger_db)
     assert not logger.lines("destination already has rows")  # no batch committed but unrecorded

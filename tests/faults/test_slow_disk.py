@@ -15,47 +15,46 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from pathlib import Path
 
-from conftest import wait_for
+from helpers import (
+    assert_cadence,
+    assert_exactly_once,
+    buffer_rows,
+    max_seq,
+    meter_toml,
+    wait_for,
+)
 
 from edgelog.poller import SLOW_COMMIT
-
-from .kit import assert_cadence, assert_exactly_once, buffer_rows, mariadb_toml, max_seq, meter, write_config
 
 INTERVAL = 0.2
 STALL_S = 1.5
 
 
-def test_a_commit_slower_than_the_interval_costs_no_sample(
-    tmp_path: Path, logger_db, simulator, logger_factory
-) -> None:
-    config = write_config(
-        tmp_path,
-        mariadb_toml(logger_db, socket_path=True),
-        meter("pac1", simulator.port, interval_s=INTERVAL),
+def test_a_commit_slower_than_the_interval_costs_no_sample(logger_db, simulator, logger_factory) -> None:
+    logger = logger_factory(
+        logger_db.fault_toml(socket_path=True),
+        meter_toml(simulator.port, interval_s=INTERVAL),
         sync={"interval_s": 0.5},
     )
-    logger = logger_factory(config)
-    logger.start()
-    wait_for(lambda: max_seq(logger.buffer) >= 5, timeout=30, what="polls")
+    with logger.running():
+        wait_for(lambda: max_seq(logger.buffer) >= 5, timeout=30, what="polls")
 
-    holder = sqlite3.connect(logger.buffer, timeout=10, isolation_level=None)
-    try:
-        holder.execute("BEGIN IMMEDIATE")  # the write lock: the logger's next commit waits
-        held_from = time.time()
-        before = max_seq(logger.buffer)
-        time.sleep(STALL_S)
-        during = max_seq(logger.buffer)
-        held_to = time.time()
-    finally:
-        holder.execute("ROLLBACK")
-        holder.close()
-    assert during == before, "a commit went through while the write lock was held"
+        holder = sqlite3.connect(logger.buffer, timeout=10, isolation_level=None)
+        try:
+            holder.execute("BEGIN IMMEDIATE")  # the write lock: the logger's next commit waits
+            held_from = time.time()
+            before = max_seq(logger.buffer)
+            time.sleep(STALL_S)
+            during = max_seq(logger.buffer)
+            held_to = time.time()
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        assert during == before, "a commit went through while the write lock was held"
 
-    wait_for(lambda: max_seq(logger.buffer) > before + 2, timeout=10, what="commits after the stall")
-    time.sleep(1.0)
-    assert logger.term() == 0, logger.text()[-2000:]
+        wait_for(lambda: max_seq(logger.buffer) > before + 2, timeout=10, what="commits after the stall")
+        time.sleep(1.0)
 
     rows = buffer_rows(logger.buffer)
     taken_during = [r for r in rows if held_from <= r["measured_at"] <= held_to]

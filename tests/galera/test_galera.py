@@ -2,7 +2,8 @@
 the batches the cluster refuses, waits out a loss of quorum, and three sites draining
 into three nodes at once lose and double nothing.
 
-Everything is real: three mariadbd with Galera 4 (conftest.py), `edgelog sync --drain`
+Everything is real: three mariadbd with Galera 4 (the `cluster` fixture of
+tests/conftest.py, started by bench/galera.py), `edgelog sync --drain`
 and `edgelog run` as processes, nodes killed with SIGKILL or frozen with SIGSTOP.
 """
 
@@ -14,15 +15,24 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import edgelog, start_edgelog, stop, wait_for
-from faults.kit import assert_exactly_once, meter
+from helpers import (
+    FAST_SYNC,
+    Account,
+    assert_exactly_once,
+    edgelog,
+    meter_toml,
+    running_logger,
+    start_edgelog,
+    wait_for,
+    write_config,
+)
 
 from bench.data import build_buffer
 from edgelog.sync import nodes
 
-from .conftest import Account, write_config
-
 pytestmark = pytest.mark.slow
+#: The meter of the configs of `sync --drain`, which polls nothing: nobody listens there.
+UNPOLLED = meter_toml(1, interval_s=None)
 
 
 def status(config: Path) -> dict:
@@ -44,7 +54,7 @@ def test_the_node_in_use_killed_mid_drain_the_logger_goes_on_through_another(
 ) -> None:
     cluster = account.cluster
     built = build_buffer(tmp_path / "buffer.sqlite3", 60_000)
-    config = write_config(tmp_path, account.toml())
+    config = write_config(tmp_path, account.toml(), UNPOLLED, sync=FAST_SYNC)
     log = tmp_path / "drain.log"
     proc = start_edgelog("sync", "--drain", config=config, log=log)
     watcher = cluster.nodes[2]  # counts as rows arrive; never the node in use (the first listed)
@@ -89,7 +99,7 @@ def test_batches_larger_than_the_cluster_takes_are_split(
         node.query(f"SET GLOBAL {variable} = {int(limit)}")  # a node's own setting: on every node
     try:
         built = build_buffer(tmp_path / "buffer.sqlite3", 12_000)
-        config = write_config(tmp_path, account.toml(batch_size=2000))
+        config = write_config(tmp_path, account.toml(batch_size=2000), UNPOLLED, sync=FAST_SYNC)
         result = edgelog("sync", "--drain", config=config, timeout=240)
     finally:
         for node in cluster.nodes:
@@ -108,11 +118,11 @@ def test_loss_of_quorum_the_logger_buffers_and_drains_when_it_returns(
     tmp_path: Path, account: Account, simulator
 ) -> None:
     cluster = account.cluster
-    config = write_config(tmp_path, account.toml(), meter=meter("pac1", simulator.port, interval_s=0.2))
-    log = tmp_path / "run.log"
-    proc = start_edgelog("run", config=config, log=log)
+    config = write_config(
+        tmp_path, account.toml(), meter_toml(simulator.port, interval_s=0.2), sync=FAST_SYNC
+    )
     buffer = tmp_path / "buffer.sqlite3"
-    try:
+    with running_logger(config) as logger:
         wait_for(lambda: account.count(cluster.nodes[0])[0] >= 10, timeout=60, what="rows in the cluster")
         cluster.kill(1, signal.SIGSTOP)  # two of three nodes frozen: the first loses quorum
         cluster.kill(2, signal.SIGSTOP)
@@ -127,15 +137,12 @@ def test_loss_of_quorum_the_logger_buffers_and_drains_when_it_returns(
         assert later["unsent"] > lost["unsent"] > 0, (lost["unsent"], later["unsent"])  # still buffering
         assert later["mariadb_reachable"] is False
         assert cluster.nodes[0].address in later["mariadb_nodes_failed"]
-        assert proc.poll() is None, log.read_text()[-2000:]
+        assert logger.alive(), logger.text()[-2000:]
         cluster.kill(1, signal.SIGCONT)
         cluster.kill(2, signal.SIGCONT)
         cluster.wait_synced(timeout=60)
         wait_for(lambda: status(config)["unsent"] == 0, timeout=90, what="the backlog to drain")
-    finally:
-        code = stop(proc)
-    assert code == 0, log.read_text()[-2000:]
-    text = log.read_text(errors="replace")
+    text = logger.text()
     assert "(1047) WSREP has not yet prepared node" in text or "Galera node not ready" in text, text[-3000:]
     drained = edgelog("sync", "--drain", config=config, timeout=120)
     assert drained.returncode == 0, drained.stderr
@@ -151,7 +158,15 @@ def test_three_sites_draining_into_three_nodes_at_once(tmp_path: Path, account: 
         site = f"site-{i + 1}"
         built = build_buffer(tmp_path / f"{site}.sqlite3", 20_000)
         mine = hosts[i:] + hosts[:i]  # each site writes through its own node first
-        config = write_config(tmp_path, account.toml(hosts=mine), site=site, buffer=built.path)
+        config = write_config(
+            tmp_path,
+            account.toml(hosts=mine),
+            UNPOLLED,
+            site=site,
+            buffer={"path": built.path},
+            sync=FAST_SYNC,
+            name=f"{site}.toml",
+        )
         runs.append((site, built, config, tmp_path / f"{site}.log"))
     procs = [start_edgelog("sync", "--drain", config=config, log=log) for _, _, config, log in runs]
     try:

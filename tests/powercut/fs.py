@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from helpers import wait_or_kill
+
 LAZYFS = Path(__file__).with_name("lazyfs.py")
 
 
@@ -120,11 +122,7 @@ class PowerCutFS:
             time.sleep(0.1)
         else:  # still busy (a file left open): detach it; the disk holds the cut already
             _detach(self.mount)
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
+        wait_or_kill(self.proc, 10)
         self.proc = None
 
     def restart(self) -> PowerCutFS:

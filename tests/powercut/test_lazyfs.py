@@ -83,26 +83,22 @@ def test_a_directory_fsync_keeps_the_name_not_the_unsynced_data(fs: PowerCutFS) 
     assert (fs.mount / "f").read_bytes() == b""  # the classic empty file after a crash
 
 
-def test_a_rename_without_a_directory_fsync_leaves_the_old_name(fs: PowerCutFS) -> None:
+@pytest.mark.parametrize(
+    ("fsync_dir", "after_the_cut"),
+    [(False, b"old"), (True, b"new")],
+    ids=["without_a_directory_fsync_leaves_the_old_name", "then_a_directory_fsync_survives"],
+)
+def test_a_rename(fs: PowerCutFS, fsync_dir: bool, after_the_cut: bytes) -> None:
     _durable_file(fs, "config", b"old")
     _write(fs.mount / "config.tmp", b"new", sync=True)
     os.replace(fs.mount / "config.tmp", fs.mount / "config")
     assert (fs.mount / "config").read_bytes() == b"new"
+    if fsync_dir:
+        _fsync(fs.mount)
     fs.cut()
     fs.restart()
     assert sorted(os.listdir(fs.mount)) == ["config"]
-    assert (fs.mount / "config").read_bytes() == b"old"
-
-
-def test_a_rename_then_a_directory_fsync_survives(fs: PowerCutFS) -> None:
-    _durable_file(fs, "config", b"old")
-    _write(fs.mount / "config.tmp", b"new", sync=True)
-    os.replace(fs.mount / "config.tmp", fs.mount / "config")
-    _fsync(fs.mount)
-    fs.cut()
-    fs.restart()
-    assert sorted(os.listdir(fs.mount)) == ["config"]
-    assert (fs.mount / "config").read_bytes() == b"new"
+    assert (fs.mount / "config").read_bytes() == after_the_cut
 
 
 def test_an_unlink_without_a_directory_fsync_comes_back(fs: PowerCutFS) -> None:
