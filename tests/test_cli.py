@@ -113,7 +113,7 @@ def test_schema_prints_the_ddl_of_the_committed_schema_file(tmp_path: Path) -> N
     assert raw.count(" FLOAT NULL ") == len(PAC3100.registers) == 20 and " DOUBLE " not in raw
     # the aggregate tables ([mariadb] aggregates = true by default)
     assert "CREATE TABLE IF NOT EXISTS `medicoes_1min` (" in result.stdout
-    assert "CREATE TABLE IF NOT EXISTS `medicoes_15min` (" in result.stdout
+    assert "CREATE TABLE IF NOT EXISTS `medicoes_15min` LIKE `medicoes_1min`;\n" in result.stdout
     assert "  `tensao_l1_n_min` FLOAT NULL COMMENT 'V',\n" in result.stdout
     assert "  `tensao_l1_n_avg` DOUBLE NULL COMMENT 'V',\n" in result.stdout
     assert "UNIQUE KEY `uq_reading` (`site`, `buffer_id`, `seq`)" in result.stdout

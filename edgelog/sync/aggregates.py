@@ -207,9 +207,14 @@ class Layout:
 
 def schema_sql(table: str, types: Mapping[str, str], units: Mapping[str, str]) -> list[str]:
     """CREATE TABLE statements of the aggregate tables for a readings table whose register
-    columns have these types and units (what `edgelog schema` prints)."""
+    columns have these types and units (what `edgelog schema` prints): the first in full,
+    the others LIKE it (they have the same columns)."""
     layout = Layout.of(table, {name: (types.get(name, SAFE_TYPE), unit) for name, unit in units.items()})
-    return [layout.create_sql(suffix) for suffix, _ in PERIODS]
+    (first, _), *others = PERIODS
+    like = quote(table_name(table, first))
+    return [layout.create_sql(first)] + [
+        f"CREATE TABLE IF NOT EXISTS {quote(table_name(table, suffix))} LIKE {like}" for suffix, _ in others
+    ]
 
 
 def ensure_tables(sink: Any) -> Layout:
