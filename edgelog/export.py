@@ -58,6 +58,7 @@ from .profiles import RESERVED_COLUMNS
 from .progress import Progress
 from .sync.connect import connect, describe, where
 from .sync.mariadb import quote
+from .sync.nodes import NodeNotReady, nodes_of, probe
 from .sync.schema import select_expr
 
 #: Columns every exported row starts with, before the register columns.
@@ -171,14 +172,31 @@ class MariaDBSource:
         self.label = f"MariaDB {where(config)}"
         #: what a report names as its source: short, and no socket path or user
         self.short_label = f"MariaDB {config.database}.{config.table}"
-        try:
-            self.conn = connect(config)  # the sink's guarded connection: timeouts, TLS, no LOCAL INFILE
-        except pymysql.MySQLError as exc:
-            raise EdgelogError(f"{self.label}: {describe(exc)}") from None
-        except (OSError, ValueError) as exc:
-            raise EdgelogError(f"{self.label}: {exc}") from None
+        self.conn = self._connect()
         self.units, self.types = self._register_columns()
         self.columns = list(self.units)
+
+    def _connect(self) -> pymysql.connections.Connection:
+        """The sink's guarded connection (timeouts, TLS, no LOCAL INFILE) to the first node of
+        `hosts` that logs in and is ready (a Galera node: Synced, its reads waiting for the
+        cluster); each node tried once, in order. An error names every node's failure."""
+        failures: list[tuple[str, str]] = []  # (node, why)
+        for node in nodes_of(self.config):
+            conn = None
+            try:
+                conn = connect(node.config(self.config))
+                probe(conn)
+                return conn
+            except pymysql.MySQLError as exc:
+                failures.append((node.label, describe(exc)))
+            except (OSError, ValueError, NodeNotReady) as exc:
+                failures.append((node.label, str(exc)))
+            if conn is not None:
+                conn.close()
+        if len(failures) == 1:
+            raise EdgelogError(f"{self.label}: {failures[0][1]}")
+        shown = "; ".join(f"{node}: {why}" for node, why in failures)
+        raise EdgelogError(f"MariaDB {self.config.database}: no node of hosts answered: {shown}")
 
     def _run(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         try:

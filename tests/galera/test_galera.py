@@ -20,6 +20,7 @@ from helpers import (
     Account,
     assert_exactly_once,
     edgelog,
+    free_port,
     meter_toml,
     running_logger,
     start_edgelog,
@@ -215,3 +216,26 @@ def test_reads_that_decide_the_position_wait_for_the_cluster(account: Account) -
         assert nodes.parse_failed(sink.node_state()[1]) == {}
     finally:
         sink.close()
+
+
+def test_export_reads_through_the_first_node_that_answers(tmp_path: Path, account: Account) -> None:
+    """`export` (and the report, through the same source) does not stop at a dead first node
+    of `hosts`: it reads through the next one, and says which failed when none answers."""
+    cluster = account.cluster
+    build_buffer(tmp_path / "buffer.sqlite3", 500)
+    config = write_config(tmp_path, account.toml(), UNPOLLED, sync=FAST_SYNC)
+    drained = edgelog("sync", "--drain", config=config, timeout=240)
+    assert drained.returncode == 0, drained.stderr[-2000:]
+
+    dead = f"127.0.0.1:{free_port()}"
+    failover = write_config(tmp_path, account.toml(hosts=[dead, *cluster.hosts()]), UNPOLLED)
+    out = tmp_path / "export.csv"
+    result = edgelog("export", "--from", "2000-01-01", "--out", str(out), config=failover, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert len(out.read_text().splitlines()) == 1 + 500  # the header, then every row
+
+    nobody = write_config(tmp_path, account.toml(hosts=[dead, f"127.0.0.1:{free_port()}"]), UNPOLLED)
+    result = edgelog("export", "--from", "2000-01-01", config=nobody, timeout=120)
+    assert result.returncode != 0
+    (line,) = [ln for ln in result.stderr.splitlines() if ln.startswith("edgelog: error:")]
+    assert "no node of hosts answered" in line and dead in line, line
