@@ -281,14 +281,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p = add("sync-status", cmd_sync_status)
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    lag = "degraded when the oldest unsent reading is older than this (default 30m; 90s, 2h, 1d)"
-    silence = "degraded when a meter has no reading for N of its intervals (default 10)"
-    default = _status_default
     p.add_argument(
-        "--max-lag", type=_duration, default=default("DEFAULT_MAX_LAG_S"), metavar="DURATION", help=lag
+        "--max-lag",
+        type=_duration,
+        default=_status_default("DEFAULT_MAX_LAG_S"),
+        metavar="DURATION",
+        help="degraded when the oldest unsent reading is older than this (default 30m; 90s, 2h, 1d)",
     )
     p.add_argument(
-        "--max-silence", type=float, default=default("DEFAULT_SILENT_INTERVALS"), metavar="N", help=silence
+        "--max-silence",
+        type=float,
+        default=_status_default("DEFAULT_SILENT_INTERVALS"),
+        metavar="N",
+        help="degraded when a meter has no reading for N of its intervals (default 10)",
     )
     p = add("sync", cmd_sync)
     p.add_argument("--drain", action="store_true", help="send everything now, then exit")
