@@ -265,10 +265,12 @@ class SyncWorker:
                     progress(total)
         finally:
             self._record_nodes()
-        if not should_stop():
-            self.aggregates.flush()
+        # the rows are in: the sync error is over now, not after the aggregates (which
+        # record their own failures), else sync-status shows nothing unsent beside it
         self.buffer.record_sync_error(None, at=self.clock())
         self._record_kind(None)
+        if not should_stop():
+            self.aggregates.flush()
         if self.timings.on:
             stats = getattr(self.sink, "stats", None)
             self.timings.drain(started, total, dict(stats) if isinstance(stats, dict) else None)
