@@ -10,12 +10,22 @@ import socket
 import threading
 import time
 
+#: The start of the sync worker's batch into the default table (text protocol); the
+#: aggregate tables' INSERT ... SELECT (`medicoes_1min`, ...) and their COMMIT are not it.
+BATCH_INSERT = b"INSERT INTO `medicoes` ("
+
+
+def is_batch_insert(data: bytes) -> bool:
+    """A packet that starts a batch: the text INSERT, or an EXECUTE (0x17) of the prepared one."""
+    return BATCH_INSERT in data or data[4:5] == b"\x17"
+
 
 class _Link:
     def __init__(self, client: socket.socket, upstream: socket.socket | None):
         self.client, self.upstream = client, upstream
         self.frozen = False  # nothing more is forwarded, either way (no RST: a black hole)
         self.replies_frozen = False  # server -> client stops (the request got through)
+        self.batch_open = False  # a batch INSERT went up since this link's last COMMIT
 
     def close(self, upstream: bool = True) -> None:
         # shutdown(), not only close(): a thread blocked in recv() on the socket keeps
@@ -31,7 +41,7 @@ class _Link:
 class TcpProxy:
     """127.0.0.1:<port> -> target, through threads that can stop forwarding without a
     reset (`blackhole`), delay every chunk (`latency_s`), cut the next big request in the
-    middle (`cut_next_request`), or let a COMMIT through and lose its answer
+    middle (`cut_next_request`), or let the COMMIT of a batch through and lose its answer
     (`lose_commit_reply`). Frozen connections stay frozen; new ones follow the current mode."""
 
     def __init__(self, target_port: int, target_host: str = "127.0.0.1"):
@@ -94,20 +104,22 @@ class TcpProxy:
                 if self.latency_s:
                     time.sleep(self.latency_s)
                 assert dst is not None
-                # an INSERT (text protocol) or an EXECUTE of a prepared one (binary: 0x17)
-                insert = b"INSERT INTO" in data or data[4:5] == b"\x17"
-                if up and self.cut_next_request and insert:
+                insert = up and is_batch_insert(data)
+                link.batch_open = link.batch_open or insert
+                if self.cut_next_request and insert:
                     self.cut_next_request = False
                     dst.sendall(data[: len(data) // 2])
                     link.frozen = True
                     self.cuts += 1
                     continue
-                if up and self.lose_commit_reply and b"COMMIT" in data:
+                commit = up and b"COMMIT" in data
+                if commit and self.lose_commit_reply and link.batch_open:
                     self.lose_commit_reply = False
                     link.replies_frozen = True
                     dst.sendall(data)
                     self.lost_replies += 1
                     continue
+                link.batch_open = link.batch_open and not commit
                 dst.sendall(data)
         except OSError:
             pass
