@@ -6,6 +6,7 @@ a `MeterError`; the service decides what to store.
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
@@ -145,6 +146,31 @@ class _InputAnswer(_HoldingAnswer):
     function_code = 0x04
 
 
+def serial_device_problem(device: str) -> str:
+    """Why the serial client could not open `device`, found by opening it once more here
+    (pymodbus keeps the reason to itself): the errno, in an operator's words."""
+    try:
+        fd = os.open(device, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            return f"{device} does not exist (USB adapter unplugged?)"
+        if exc.errno == errno.EPERM:  # a device cgroup: edgelog.service's DevicePolicy/DeviceAllow
+            return (
+                f"{device}: not permitted by the service's device policy (DeviceAllow= of "
+                "edgelog.service allows ttyUSB, ttyACM, ttyAMA, ttyS; a driver loaded after the "
+                "service started is allowed once it restarts: systemctl restart edgelog)"
+            )
+        if exc.errno in (errno.ENXIO, errno.ENODEV):  # a device node with no device behind it
+            return f"{device}: no device behind it (USB adapter unplugged, or its driver not loaded)"
+        if exc.errno == errno.EACCES:
+            return f"{device}: permission denied (is the service user in the group dialout?)"
+        if exc.errno == errno.EBUSY:
+            return f"{device}: busy (another program holds it)"
+        return f"cannot use {device}: {exc.strerror or exc}"
+    os.close(fd)
+    return f"cannot use {device} as a serial line (unplugged for a moment, or not a serial device)"
+
+
 class Bus:
     """One connection (an RS485 line or a TCP gateway) shared by the meters on it.
 
@@ -227,9 +253,9 @@ class Bus:
             return (
                 f"cannot connect to {self.label}, or the connection broke (refused, host down or unreachable)"
             )
-        if "://" not in self.device and not os.path.exists(self.device):
-            return f"{self.device} does not exist (USB adapter unplugged?)"
-        return f"cannot use {self.label} (unplugged, busy, or no permission)"
+        if "://" in self.device:
+            return f"cannot use {self.label} (unplugged, busy, or no permission)"
+        return serial_device_problem(self.device)
 
     def _nothing_valid(self, unit_id: int) -> MeterError:
         tries = f" ({1 + self.retries} tries)" if self.retries else ""

@@ -198,6 +198,11 @@ def test_install_into_a_throwaway_root_then_upgrade_then_uninstall(tmp_path: Pat
         ROOT / "systemd/edgelog.service"
     ).read_text()
     assert os.readlink(root / "usr/local/bin/edgelog") == "/opt/edgelog/venv/bin/edgelog"
+    # the USB serial drivers load at boot, before the unit resolves DeviceAllow=char-ttyUSB
+    modules = root / "etc/modules-load.d/edgelog.conf"
+    assert _mode(modules) == 0o644
+    loaded = [x for x in modules.read_text().splitlines() if x and not x.startswith("#")]
+    assert loaded == ["usbserial", "cdc_acm"]
     # exactly the locked versions, nothing more, nothing less
     assert _frozen(root / "opt/edgelog/venv") == _pins(RUNTIME_LOCK)
     edgelog_bin = root / "opt/edgelog/venv/bin/edgelog"
@@ -223,7 +228,7 @@ def test_install_into_a_throwaway_root_then_upgrade_then_uninstall(tmp_path: Pat
     gone = subprocess.run([str(INSTALL), "--uninstall"], env=env, capture_output=True, text=True)
     assert gone.returncode == 0, gone.stderr
     assert not (root / "opt/edgelog").exists() and not (root / "etc/systemd/system/edgelog.service").exists()
-    assert not (root / "usr/local/bin/edgelog").is_symlink()
+    assert not (root / "usr/local/bin/edgelog").is_symlink() and not modules.exists()
     assert (state / "buffer.sqlite3").exists() and (etc / "edgelog.toml").exists()
 
 

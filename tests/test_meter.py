@@ -8,19 +8,24 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import random
 import re
 import shutil
 import socket
+import stat
 import struct
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import child_env, toml_table, write_config
 from pymodbus.client import ModbusTcpClient
 from pymodbus.constants import ExcCodes
 
@@ -624,3 +629,85 @@ def test_retries_are_counted_in_the_timeout_message(simulator: SimulatorThread) 
     with pytest.raises(MeterTimeout, match=r"within 0.2 s \(2 tries\)$"):
         m.read()
     assert time.monotonic() - started >= 0.35  # two tries of 0.2 s
+
+
+def rtu_meter_config(device: str | Path) -> config.MeterConfig:
+    meter = {"name": "pac1", "transport": "rtu", "device": str(device)}
+    return config.parse({"site": "t", "mariadb": {"user": "u"}, "meters": [meter]}).meters[0]
+
+
+def usb_serial_node(path: Path) -> Path:
+    """A real device node of the USB serial major (188): no driver behind it on this machine."""
+    os.mknod(path, 0o660 | stat.S_IFCHR, os.makedev(188, 0))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("device", "reason"),
+    [
+        ("{tmp}/ttyNOPE0", r"{tmp}/ttyNOPE0 does not exist \(USB adapter unplugged\?\)"),
+        ("{tmp}", r"cannot use {tmp}: Is a directory"),
+        ("/dev/null", r"cannot use /dev/null as a serial line \(.*not a serial device\)"),
+        (
+            "{tmp}/ttyUSB0",
+            r"{tmp}/ttyUSB0: no device behind it \(USB adapter unplugged, or its driver not loaded\)",
+        ),
+    ],
+)
+def test_a_serial_device_that_cannot_be_used_is_named_with_why(
+    tmp_path: Path, device: str, reason: str
+) -> None:
+    """pymodbus only says it could not connect; the message says why, from the device itself."""
+    device = device.format(tmp=tmp_path)
+    if device.endswith("ttyUSB0"):
+        usb_serial_node(Path(device))
+    (meter,) = open_meters([rtu_meter_config(device)])
+    _OPENED.append(meter)
+    with pytest.raises(
+        MeterTimeout, match="^no connection: " + reason.format(tmp=re.escape(str(tmp_path))) + "$"
+    ):
+        meter.read()
+
+
+DEVICES_CGROUP = Path("/sys/fs/cgroup/devices")
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not DEVICES_CGROUP.is_dir(), reason="needs root and cgroup v1 devices"
+)
+def test_a_serial_device_the_device_policy_refuses_is_named_as_such(tmp_path: Path) -> None:
+    """The unit's DevicePolicy=closed + DeviceAllow=char-ttyUSB allows the ttyUSB major only if
+    its driver was loaded when the service started; otherwise the kernel refuses the open with
+    EPERM. Here a devices cgroup that denies the ttyUSB major does the same to a real
+    `edgelog poll`, whose answer names the device policy and the cure."""
+    node = usb_serial_node(tmp_path / "ttyUSB0")
+    meters = toml_table("[[meters]]", {"name": "pac1", "transport": "rtu", "device": node})
+    cfg = write_config(tmp_path, toml_table("[mariadb]", {"user": "u"}), meters)
+    group = DEVICES_CGROUP / f"edgelog-test-{os.getpid()}"
+    group.mkdir()
+    try:
+        (group / "devices.deny").write_text("c 188:* rwm")
+        into_group = 'echo $$ > "$0/cgroup.procs" && exec "$@"'
+        poll = subprocess.run(
+            [
+                "sh",
+                "-c",
+                into_group,
+                str(group),
+                sys.executable,
+                "-m",
+                "edgelog",
+                "--config",
+                str(cfg),
+                "poll",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=child_env(),
+        )
+    finally:
+        group.rmdir()
+    assert poll.returncode == 1, poll
+    assert f"no connection: {node}: not permitted by the service's device policy" in poll.stdout, poll
+    assert "systemctl restart edgelog" in poll.stdout, poll

@@ -1,6 +1,6 @@
 """Power cuts on every other path that writes a file: `export --out`, scripts/install
-(the config, the unit, the password file's mode), schema/install-mariadb (the password
-files) and the move-aside of a corrupt buffer.
+(the config, the unit, the modules-load file, the password file's mode),
+schema/install-mariadb (the password files) and the move-aside of a corrupt buffer.
 
 Each program runs once on the power-cut file system (tests/powercut/lazyfs.py) while
 it records, before every operation that changes something, the state a cut at that
@@ -165,6 +165,7 @@ def test_install_mariadb_password_files_survive_a_cut(tmp_path: Path, mysql_proc
 def test_install_config_unit_and_password_mode_survive_a_cut(tmp_path: Path) -> None:
     example = (ROOT / "edgelog/example.toml").read_bytes()
     unit = (ROOT / "systemd/edgelog.service").read_bytes()
+    modules = (ROOT / "systemd/edgelog-modules.conf").read_bytes()
     root = tmp_path / "root"
     root.mkdir()
     with mounted(tmp_path / "fs") as fs:
@@ -186,11 +187,13 @@ def test_install_config_unit_and_password_mode_survive_a_cut(tmp_path: Path) -> 
             f"{state.name}: config mode {file_mode(config):o}"
         )
         _old_or_new(state / "systemd/system/edgelog.service", None, unit, state)
+        _old_or_new(state / "modules-load.d/edgelog.conf", None, modules, state)
         assert (state / "edgelog/mariadb.password").read_bytes() == b"x" * 24
     last = states[-2]
     assert last.name.endswith("-drop")
     assert _read(last / "edgelog/edgelog.toml") == example, "installed, then lost in a cut"
     assert _read(last / "systemd/system/edgelog.service") == unit, "installed, then lost in a cut"
+    assert _read(last / "modules-load.d/edgelog.conf") == modules, "installed, then lost in a cut"
     assert file_mode(last / "edgelog/mariadb.password") == 0o600, (
         "the password file readable by all after a cut"
     )
