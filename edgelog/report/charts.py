@@ -32,7 +32,8 @@ def study_figure(agg: Aggregator, s: Summary, period: Period, meta) -> Figure:
     with matplotlib.rc_context(STYLE):
         fig = Figure(figsize=A4_PORTRAIT)
         FigureCanvasAgg(fig)
-        fig.subplots_adjust(left=0.085, right=0.975, top=0.915, bottom=0.06, hspace=0.42, wspace=0.24)
+        # right=0.93: room for the right-hand axis of the daily panel (its ticks and "kW")
+        fig.subplots_adjust(left=0.085, right=0.93, top=0.915, bottom=0.06, hspace=0.42, wspace=0.3)
         axes = fig.subplots(3, 2)
         typical, duration, phases, days, f_load, v_load = axes.flat
         _typical(typical, agg, s, period, lang)
@@ -45,6 +46,13 @@ def study_figure(agg: Aggregator, s: Summary, period: Period, meta) -> Figure:
             ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: tick(v, lang)))
         heading(fig, "study_title", period, meta)
     return fig
+
+
+def legend_room(ax, share: float) -> None:
+    """Raise the top of `ax` by `share` of its height: the legend in the upper corner then
+    sits above the data (the peaks of a load curve), not on it."""
+    bottom, top = ax.get_ylim()
+    ax.set_ylim(bottom, top + share * (top - bottom))
 
 
 def _plant_lines(ax, s: Summary, lang: str, horizontal: bool = True, kva: bool = True) -> None:
@@ -74,6 +82,7 @@ def _typical(ax, agg: Aggregator, s: Summary, period: Period, lang: str) -> None
     ax.set_xlabel(t(lang, "hour_of_day"))
     ax.set_ylabel("kW")
     ax.set_ylim(bottom=0)
+    legend_room(ax, 0.3)
     ax.legend(loc="upper left", frameon=False, fontsize=6.5)
 
 
@@ -93,6 +102,7 @@ def _duration(ax, agg: Aggregator, s: Summary, lang: str) -> None:
     ax.set_ylabel("kW / kVA")
     ax.set_xlim(left=0)
     ax.set_ylim(bottom=0)
+    legend_room(ax, 0.4)
     ax.legend(loc="upper right", frameon=False, fontsize=6.5)
 
 
@@ -118,6 +128,7 @@ def _phases(ax, agg: Aggregator, s: Summary, lang: str, colours: dict[int, str])
         _mark(ax.axhline, rated, lang, "rated_current", color=LIMIT_COLOUR, ls="--", lw=0.9)
     ax.set_xticks(range(len(names)), [label for label, _, _ in names])
     ax.set_ylabel("A")
+    legend_room(ax, 0.4)
     ax.legend(loc="upper right", frameon=False, fontsize=6.5)
     ax.grid(axis="x", visible=False)
 

@@ -31,7 +31,7 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from .. import __version__
 from . import limits
-from .charts import study_figure
+from .charts import legend_room, study_figure
 from .data import BIN_S, PHASES, Aggregator, Period, _col, gap_spans
 from .summary import Summary
 from .tables import day_rows, event_rows, table_figures, table_rows
@@ -120,6 +120,7 @@ def figure(agg: Aggregator, period: Period, meta: Meta, now: float) -> Figure:
             load.fill_between(x, lo, hi, color=TOTAL_COLOUR, alpha=0.12, lw=0, label=t(lang, "range"))
         load.set_ylabel("kW")
         load.set_ylim(bottom=0)
+        legend_room(load, 0.35)  # three rows of legend
 
         # (b) voltage with PRODIST ranges
         phase_lines(volt, "tensao", 1.0, None)
@@ -177,6 +178,7 @@ def figure(agg: Aggregator, period: Period, meta: Meta, now: float) -> Figure:
         # (e) reactive power
         phase_lines(reac, "potencia_reativa", 1e-3, "q_total")
         reac.set_ylabel("kvar")
+        legend_room(reac, 0.2)
 
         spans = gap_spans(agg, now)
         for ax, key in zip(axes, PANELS, strict=True):
