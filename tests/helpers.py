@@ -133,6 +133,12 @@ EXTRA = "energia_extra"
 EXTRA_TOML = f'\n[[meters.registers]]\nname = "{EXTRA}"\naddress = 801\nunit = "kWh"\n'
 
 
+def rtu_config(device: str | Path, name: str = "pac1", **extra: Any) -> config.MeterConfig:
+    """An rtu meter through the real parser: PAC3100 factory line settings unless told."""
+    meter = {"name": name, "transport": "rtu", "device": str(device), "timeout_s": 0.3, **extra}
+    return config.parse({"site": "test", "mariadb": {"user": "u"}, "meters": [meter]}).meters[0]
+
+
 def parse_config(*sections: str, site: str = SITE) -> Config:
     """The validated config of these sections ([mariadb], [[meters]], ...), as `edgelog.toml`
     would give it (no file: for tests of the library)."""

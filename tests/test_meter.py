@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import child_env, toml_table, write_config
+from helpers import child_env, rtu_config, toml_table, write_config
 from pymodbus.client import ModbusTcpClient
 from pymodbus.constants import ExcCodes
 
@@ -631,11 +631,6 @@ def test_retries_are_counted_in_the_timeout_message(simulator: SimulatorThread) 
     assert time.monotonic() - started >= 0.35  # two tries of 0.2 s
 
 
-def rtu_meter_config(device: str | Path) -> config.MeterConfig:
-    meter = {"name": "pac1", "transport": "rtu", "device": str(device)}
-    return config.parse({"site": "t", "mariadb": {"user": "u"}, "meters": [meter]}).meters[0]
-
-
 def usb_serial_node(path: Path) -> Path:
     """A real device node of the USB serial major (188): no driver behind it on this machine."""
     os.mknod(path, 0o660 | stat.S_IFCHR, os.makedev(188, 0))
@@ -661,7 +656,7 @@ def test_a_serial_device_that_cannot_be_used_is_named_with_why(
     device = device.format(tmp=tmp_path)
     if device.endswith("ttyUSB0"):
         usb_serial_node(Path(device))
-    (meter,) = open_meters([rtu_meter_config(device)])
+    (meter,) = open_meters([rtu_config(device)])
     _OPENED.append(meter)
     with pytest.raises(
         MeterTimeout, match="^no connection: " + reason.format(tmp=re.escape(str(tmp_path))) + "$"

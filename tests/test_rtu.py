@@ -29,6 +29,7 @@ from helpers import (
     edgelog,
     one_row_per_slot,
     rows_by_meter,
+    rtu_config,
     running_logger,
     toml_table,
     wait_or_kill,
@@ -37,7 +38,6 @@ from helpers import (
 from pymodbus import FramerType
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 
-from edgelog import config
 from edgelog.errors import MeterBadAnswer, MeterTimeout
 from edgelog.meter import close_meters, open_meters
 from edgelog.profiles import PAC3100
@@ -121,12 +121,6 @@ def crc16(frame: bytes) -> bytes:
 def test_crc16_matches_the_modbus_specification_example() -> None:
     # Modbus over serial line spec, 6.2.2: 02 07 -> CRC 41 12 (sent as 0x41, 0x12)
     assert crc16(bytes([0x02, 0x07])) == bytes([0x41, 0x12])
-
-
-def rtu_config(device: str | Path, name: str = "pac1", **extra: Any) -> config.MeterConfig:
-    """An rtu meter through the real parser: PAC3100 factory line settings unless told."""
-    meter = {"name": name, "transport": "rtu", "device": str(device), "timeout_s": 0.3, **extra}
-    return config.parse({"site": "test", "mariadb": {"user": "u"}, "meters": [meter]}).meters[0]
 
 
 def read_request_frame(unit: int, function: int, address: int, count: int) -> bytes:
