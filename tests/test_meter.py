@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import child_env, rtu_config, toml_table, write_config
+from helpers import ROOT, child_env, rtu_config, toml_table, write_config
 from pymodbus.client import ModbusTcpClient
 from pymodbus.constants import ExcCodes
 
@@ -706,3 +706,8 @@ def test_a_serial_device_the_device_policy_refuses_is_named_as_such(tmp_path: Pa
     assert poll.returncode == 1, poll
     assert f"no connection: {node}: not permitted by the service's device policy" in poll.stdout, poll
     assert "systemctl restart edgelog" in poll.stdout, poll
+    # the groups it says the unit allows are the unit's own
+    unit = (ROOT / "systemd/edgelog.service").read_text()
+    allowed = re.findall(r"^DeviceAllow=char-(\S+) rw$", unit, flags=re.M)
+    said = re.search(r"edgelog\.service allows ([^;]+);", poll.stdout)
+    assert said and sorted(said.group(1).split(", ")) == sorted(allowed), (allowed, poll.stdout)
