@@ -94,18 +94,16 @@ def exported(tmp_path: Path, logger_db: LoggerDB, site: str = "s") -> list[list[
 
 def test_each_register_type_has_its_column_type() -> None:
     # worked out from MariaDB's numeric types: the narrowest column that holds every value
-    expected = dict(
-        [
-            ("float32", "FLOAT"),
-            ("float64", "DOUBLE"),
-            ("int16", "SMALLINT"),
-            ("uint16", "SMALLINT UNSIGNED"),
-            ("int32", "INT"),
-            ("uint32", "INT UNSIGNED"),
-            ("int64", "BIGINT"),
-            ("uint64", "BIGINT UNSIGNED"),
-        ]
-    )
+    expected = {
+        "float32": "FLOAT",
+        "float64": "DOUBLE",
+        "int16": "SMALLINT",
+        "uint16": "SMALLINT UNSIGNED",
+        "int32": "INT",
+        "uint32": "INT UNSIGNED",
+        "int64": "BIGINT",
+        "uint64": "BIGINT UNSIGNED",
+    }
     assert set(expected) == set(REGISTER_WIDTH)
     for type_, sql in expected.items():
         assert column_type(Register("x", 0, type=type_)) == sql  # type: ignore[arg-type]
